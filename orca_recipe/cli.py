@@ -1,0 +1,135 @@
+"""The `orca-recipe` command: parse arguments, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orca_recipe.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="One YAML recipe for the whole Orca-Math pipeline.")
+out = Console()
+err = Console(stderr=True)
+
+SetOpt = typer.Option([], "--set", "-s", help="Override a key: a.b.c=value (value parsed as YAML). Repeatable.")
+RecipeArg = typer.Argument(..., help="Recipe YAML file.")
+
+
+@app.command()
+def validate(recipe: Path = RecipeArg, set_: list[str] = SetOpt) -> None:
+    """Check a recipe (schema, references, prompt templates); exit 0 if valid, 2 if not."""
+    from orca_recipe.recipe.compile import compile_file
+
+    plan = compile_file(recipe, set_)
+    for w in plan.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    out.print(f"[green]ok[/] {recipe}: {len(plan.stages)} stages, {plan.total_calls:,} LLM calls planned")
+
+
+@app.command()
+def plan(
+    recipe: Path = RecipeArg,
+    set_: list[str] = SetOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the rendered Axolotl YAMLs (default RUN_DIR/plan)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory the plan is for (default runs/NAME)."),
+    prompts: bool = typer.Option(True, "--prompts/--no-prompts", help="Show one rendered example prompt per agent."),
+) -> None:
+    """Show the stages, call counts, token/cost estimate and example prompts; spends nothing."""
+    from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.recipe.plan_view import render_plan, write_trainer_configs
+
+    p = compile_file(recipe, set_, run_dir)
+    render_plan(out, p, show_prompts=prompts)
+    written = write_trainer_configs(p, out_dir or p.run_dir / "plan")
+    for path in written:
+        out.print(f"wrote {path}")
+    for w in p.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command()
+def show(
+    recipe: Path = RecipeArg,
+    set_: list[str] = SetOpt,
+    defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Fill in every default value."),
+) -> None:
+    """Print the fully merged recipe (bases, overrides and defaults applied) as YAML."""
+    from orca_recipe.recipe.fork import effective, to_yaml
+    from orca_recipe.recipe.load import load_recipe
+
+    r, loaded = load_recipe(recipe, set_)
+    data = effective(r) if defaults else {k: v for k, v in loaded.data.items()}
+    sys.stdout.write(to_yaml(data))
+
+
+@app.command()
+def fork(
+    base: Path = typer.Argument(..., help="The recipe to fork."),
+    new: Path = typer.Argument(..., help="The new recipe file to write."),
+    set_: list[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Overwrite NEW if it exists."),
+) -> None:
+    """Write NEW as a minimal child of BASE: `extends` plus only the --set overrides."""
+    from orca_recipe.recipe.fork import fork_text
+
+    if not base.exists():
+        raise UserError("base recipe not found", where=str(base))
+    if new.exists() and not force:
+        raise UserError("already exists; pass --force to overwrite", where=str(new))
+    new.parent.mkdir(parents=True, exist_ok=True)
+    text = fork_text(base, new, set_)
+    new.write_text(text)
+    out.print(f"wrote {new}")
+    sys.stdout.write(text)
+
+
+@app.command()
+def diff(a: Path = typer.Argument(...), b: Path = typer.Argument(...), set_: list[str] = SetOpt) -> None:
+    """Show the effective differences between two recipes after merging (exit 0 either way)."""
+    from orca_recipe.recipe.fork import diff as diff_data
+    from orca_recipe.recipe.fork import effective
+    from orca_recipe.recipe.load import load_recipe
+
+    ra, _ = load_recipe(a)
+    rb, _ = load_recipe(b, set_)
+    rows = diff_data(effective(ra, drop_none=True), effective(rb, drop_none=True))
+    if not rows:
+        out.print("no differences")
+        return
+    table = Table("key", str(a), str(b))
+    for key, va, vb in rows:
+        table.add_row(key, repr(va) if va != "<unset>" else "[dim]<unset>[/]", repr(vb) if vb != "<unset>" else "[dim]<unset>[/]")
+    out.print(table)
+
+
+@app.command()
+def run(recipe: Path = RecipeArg, set_: list[str] = SetOpt) -> None:
+    """Run the recipe (not built yet)."""
+    raise UserError("`run` is not built yet; `plan` shows what it will do")
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(...)) -> None:
+    """Show a run's stages and their state (not built yet)."""
+    raise UserError("`status` is not built yet")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except UserError as e:
+        err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

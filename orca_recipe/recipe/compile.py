@@ -1,0 +1,357 @@
+"""Compile a Recipe into a Plan: the ordered stage runs, their fingerprints and call counts.
+
+Pure and fast: it reads the recipe's prompt and data files to fingerprint them, and
+nothing else; no model, no network, no heavy imports. `validate` and `plan` are this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orca_recipe.errors import UserError
+from orca_recipe.prompts import Prompt, check_template, load_prompt
+from orca_recipe.recipe.load import Loaded, load_recipe
+from orca_recipe.recipe.schema import Agent, ModelEndpoint, Recipe
+from orca_recipe.train.config import preference_config, sft_config
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One unit of work. `calls` counts LLM generations (each cached separately)."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    config: dict[str, Any]
+    fingerprint: str
+    calls: int = 0
+    calls_bound: bool = False  # True: `calls` is an upper bound (e.g. exact_then_llm)
+    rows: int | None = None  # planned rows out, an upper bound
+    iteration: int | None = None
+    agents: tuple[str, ...] = ()
+    trainer_config: dict[str, Any] | None = None
+
+    @property
+    def dir_name(self) -> str:
+        return self.name
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    loaded: Loaded
+    run_dir: Path
+    stages: list[StageRun]
+    prompts: dict[str, Prompt]  # agent name -> template
+    seed_rows: int | None
+    warnings: list[str] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageRun:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise UserError(f"no stage named '{name}'; stages: {', '.join(s.name for s in self.stages)}")
+
+    @property
+    def total_calls(self) -> int:
+        return sum(s.calls for s in self.stages)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_fingerprint(path: str) -> str:
+    """Content hash of a data file; for a folder, names, sizes and mtimes of its files."""
+    p = Path(path)
+    if p.is_file():
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:16]
+    if p.is_dir():
+        entries = sorted((str(q.relative_to(p)), q.stat().st_size, int(q.stat().st_mtime)) for q in p.rglob("*") if q.is_file())
+        return _hash(entries)
+    return "missing"
+
+
+def _model_identity(m: ModelEndpoint) -> dict[str, Any]:
+    """What decides a model's outputs (not its rate limits, concurrency or price)."""
+    if m.local is not None:
+        return {"local": m.local.embedded or m.local.path, "dtype": m.local.dtype, "sampling": m.sampling.model_dump(exclude_none=True)}
+    return {"model": m.model, "api_base": m.api_base, "sampling": m.sampling.model_dump(exclude_none=True)}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _roles(recipe: Recipe) -> dict[tuple[str, ...], tuple[str, str]]:
+    """(key path of an agent reference) -> (agent name, role)."""
+    refs: dict[tuple[str, ...], tuple[str, str]] = {}
+    if recipe.ask_me_anything:
+        refs[("ask_me_anything", "agent")] = (recipe.ask_me_anything.agent, "ask_me_anything")
+    if recipe.evolve:
+        refs[("evolve", "suggester")] = (recipe.evolve.suggester, "suggester")
+        refs[("evolve", "editor")] = (recipe.evolve.editor, "editor")
+        if recipe.evolve.verifier:
+            refs[("evolve", "verifier")] = (recipe.evolve.verifier, "verifier")
+    refs[("solve", "agent")] = (recipe.solve.agent, "solver")
+    if recipe.judge.agent and recipe.judge.mode != "exact":
+        refs[("judge", "agent")] = (recipe.judge.agent, "judge")
+    if recipe.practice and recipe.iterations > 1:
+        refs[("practice", "agent")] = (recipe.practice.agent, "student")
+    if recipe.eval:
+        refs[("eval", "agent")] = (recipe.eval.agent, "student")
+    return refs
+
+
+def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
+    """Cross-key checks pydantic cannot do alone; returns the loaded prompts of used agents."""
+
+    def fail(key: tuple[str | int, ...], msg: str) -> None:
+        raise UserError(msg, where=loaded.where(key), key=".".join(str(k) for k in key))
+
+    for name, agent in recipe.agents.items():
+        if agent.model not in recipe.models:
+            fail(("agents", name, "model"), f"unknown model '{agent.model}'; models: {', '.join(recipe.models)}")
+
+    refs = _roles(recipe)
+    for key, (agent_name, _role) in refs.items():
+        if agent_name not in recipe.agents:
+            fail(key, f"unknown agent '{agent_name}'; agents: {', '.join(recipe.agents)}")
+
+    if recipe.judge.mode != "exact" and not recipe.judge.agent:
+        fail(("judge", "mode"), f"judge mode '{recipe.judge.mode}' needs judge.agent")
+    for i, inp in enumerate(recipe.solve.inputs):
+        if inp != "seeds" and getattr(recipe, inp) is None:
+            fail(("solve", "inputs", i), f"solve reads '{inp}', but that stage is not configured")
+    if recipe.evolve and recipe.evolve.input == "ask_me_anything" and recipe.ask_me_anything is None:
+        fail(("evolve", "input"), "evolve reads ask_me_anything, but that stage is not configured")
+
+    if recipe.iterations > 1:
+        if recipe.training is None:
+            fail(("iterations",), "iterations > 1 needs a 'training' section")
+        if recipe.practice is None:
+            fail(("iterations",), "iterations > 1 needs a 'practice' section")
+    if recipe.training is not None:
+        student = recipe.training.student
+        if student not in recipe.models:
+            fail(("training", "student"), f"unknown model '{student}'; models: {', '.join(recipe.models)}")
+        if recipe.models[student].local is None:
+            fail(("training", "student"), f"the student '{student}' must be a local model folder (`local:`) to be trained")
+        for key in (("practice", "agent"), ("eval", "agent")):
+            if key in refs and recipe.agents[refs[key][0]].model != student:
+                fail(key, f"agent '{refs[key][0]}' must run on the student model '{student}': {key[0]} samples the trained checkpoints")
+
+    roles_by_agent: dict[str, set[str]] = {}
+    ref_key: dict[str, tuple[str, ...]] = {}
+    for key, (agent_name, role) in refs.items():
+        roles_by_agent.setdefault(agent_name, set()).add(role)
+        ref_key.setdefault(agent_name, key)
+
+    prompts: dict[str, Prompt] = {}
+    for agent_name, roles in roles_by_agent.items():
+        agent = recipe.agents[agent_name]
+        key = ("agents", agent_name, "prompt" if agent.prompt else "template")
+        where = loaded.where(key)
+        prompt = load_prompt(agent.prompt, agent.template, key=".".join(key), where=where)
+        check_template(prompt, roles, key=".".join(key), where=where)
+        prompts[agent_name] = prompt
+    return prompts
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def count_rows(path: str) -> int | None:
+    """Rows in a JSONL/JSON-lines file without parsing it; None when unknown or missing."""
+    p = Path(path)
+    if p.is_file() and p.suffix in (".jsonl", ".ndjson"):
+        with p.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    return None
+
+
+def _limited(n: int | None, limit: int | None) -> int | None:
+    if n is None:
+        return limit
+    return n if limit is None else min(n, limit)
+
+
+def student_model_path(recipe: Recipe) -> str | None:
+    if recipe.training is None:
+        return None
+    local = recipe.models[recipe.training.student].local
+    assert local is not None
+    if local.path:
+        return local.path
+    from orca_recipe.llm.embedded import cache_home
+
+    return str(cache_home() / "models" / local.embedded)  # type: ignore[operator]
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = None) -> Plan:
+    prompts = check_references(recipe, loaded)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.name
+    warnings: list[str] = []
+
+    def agent_identity(name: str | None) -> Any:
+        if not name:
+            return None
+        a: Agent = recipe.agents[name]
+        return {
+            "prompt": prompts[name].source if name in prompts else None,
+            "system": a.system,
+            "sampling": a.sampling.model_dump(exclude_none=True),
+            "model": _model_identity(recipe.models[a.model]),
+        }
+
+    stages: list[StageRun] = []
+    fp: dict[str, str] = {}
+    rows: dict[str, int | None] = {}
+
+    def add(name: str, kind: str, inputs: tuple[str, ...], config: dict[str, Any], agents: tuple[str, ...] = (), **kw: Any) -> StageRun:
+        identity = {
+            "kind": kind,
+            "config": config,
+            "agents": {a: agent_identity(a) for a in agents},
+            "inputs": [fp[i] for i in inputs],
+        }
+        fp[name] = _hash(identity)
+        stage = StageRun(name=name, kind=kind, inputs=inputs, config=config, fingerprint=fp[name], agents=agents, **kw)
+        rows[name] = stage.rows
+        stages.append(stage)
+        return stage
+
+    # Seeds ------------------------------------------------------------------
+    seeds = recipe.seeds
+    file_rows = count_rows(seeds.path)
+    if not Path(seeds.path).exists():
+        warnings.append(f"seeds.path {seeds.path} does not exist yet; `run` will need it")
+    seed_rows = _limited(file_rows, seeds.limit)
+    seed_cfg = seeds.model_dump() | {"data": file_fingerprint(seeds.path)}
+    add("seeds", "seeds", (), seed_cfg, rows=seed_rows)
+
+    # Generation ---------------------------------------------------------------
+    if recipe.ask_me_anything:
+        ama = recipe.ask_me_anything
+        n = rows["seeds"]
+        add(
+            "ask_me_anything", "ask_me_anything", ("seeds",), ama.model_dump(), (ama.agent,),
+            calls=n or 0, rows=None if n is None else n * ama.questions_per_seed,
+        )
+    if recipe.evolve:
+        ev = recipe.evolve
+        n = _limited(rows[ev.input], ev.limit)
+        per_round = 3 if ev.verifier else 2
+        agents = (ev.suggester, ev.editor) + ((ev.verifier,) if ev.verifier else ())
+        add(
+            "evolve", "evolve", (ev.input,), ev.model_dump(), agents,
+            calls=0 if n is None else n * per_round * ev.rounds,
+            calls_bound=bool(ev.verifier),
+            rows=None if n is None else n * (ev.rounds if ev.keep_all_rounds else 1),
+        )
+    solve = recipe.solve
+    solve_in = [rows[i] for i in solve.inputs]
+    n_solve = None if any(r is None for r in solve_in) else sum(solve_in)  # type: ignore[arg-type]
+    add("solve", "solve", tuple(solve.inputs), solve.model_dump(), (solve.agent,), calls=(n_solve or 0) * solve.samples, rows=n_solve)
+
+    filt_cfg = recipe.filters.model_dump()
+    if recipe.filters.decontaminate is not None:
+        contam = recipe.filters.decontaminate.path or (recipe.eval.path if recipe.eval else None)
+        filt_cfg["decontaminate_against"] = contam
+        filt_cfg["decontaminate_data"] = file_fingerprint(contam) if contam else None
+    add("filter", "filter", ("solve",), filt_cfg, rows=n_solve)
+
+    # Training and iterations --------------------------------------------------
+    ev_cfg = None
+    n_eval = None
+    if recipe.eval:
+        ev_cfg = recipe.eval.model_dump() | {"data": file_fingerprint(recipe.eval.path)}
+        n_eval = _limited(count_rows(recipe.eval.path), recipe.eval.limit)
+        if not Path(recipe.eval.path).exists():
+            warnings.append(f"eval.path {recipe.eval.path} does not exist yet; `run` will need it")
+
+    def add_eval(model_stage: str | None, label: str) -> None:
+        if ev_cfg is None:
+            return
+        inputs = (model_stage,) if model_stage else ()
+        add(f"eval_{label}", "eval", inputs, ev_cfg | {"model_from": model_stage}, (recipe.eval.agent,), calls=n_eval or 0, rows=n_eval)  # type: ignore[union-attr]
+
+    if recipe.training is not None:
+        tr = recipe.training
+        base_model = student_model_path(recipe)
+        add_eval(None, "base")
+        sft_dir = run_dir / "sft"
+        sft_yaml = sft_config(
+            base_model or "", str(sft_dir / "data.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl
+        )
+        add(
+            "sft", "sft", ("filter",),
+            {"axolotl": tr.sft.axolotl, "launcher": tr.launcher.model_dump(), "base": _model_identity(recipe.models[tr.student])},
+            iteration=1, trainer_config=sft_yaml, rows=n_solve,
+        )
+        last_eval = recipe.eval is not None and recipe.eval.checkpoints == "last"
+        if not last_eval or recipe.iterations == 1:
+            add_eval("sft", "sft")
+        model_stage = "sft"
+        n_problems = _limited(n_solve, recipe.practice.problems if recipe.practice else None)
+        for it in range(2, recipe.iterations + 1):
+            pr = recipe.practice
+            assert pr is not None
+            samples = None if n_problems is None else n_problems * pr.samples_per_problem
+            add(
+                f"practice_{it}", "practice", ("filter", model_stage), pr.model_dump() | {"iteration": it}, (pr.agent,),
+                iteration=it, calls=samples or 0, rows=samples,
+            )
+            judge = recipe.judge
+            judge_agents = (judge.agent,) if judge.agent and judge.mode != "exact" else ()
+            add(
+                f"judge_{it}", "judge", (f"practice_{it}", "filter"), judge.model_dump(), judge_agents,
+                iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples,
+            )
+            prefs = recipe.preferences
+            add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs.model_dump(), iteration=it, rows=samples)
+            st_dir = run_dir / f"train_{it}"
+            pref_yaml = preference_config(
+                prefs.kind, str(run_dir / model_stage / "output"), str(run_dir / f"preferences_{it}" / "data.jsonl"),
+                str(st_dir / "output"), str(st_dir / "prepared"), tr.preference.axolotl,
+            )
+            add(
+                f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),
+                {"axolotl": tr.preference.axolotl, "kind": prefs.kind, "launcher": tr.launcher.model_dump()},
+                iteration=it, trainer_config=pref_yaml,
+            )
+            model_stage = f"train_{it}"
+            if not last_eval or it == recipe.iterations:
+                add_eval(model_stage, str(it))
+    elif recipe.eval:
+        add_eval(None, "base")
+
+    return Plan(recipe=recipe, loaded=loaded, run_dir=run_dir, stages=stages, prompts=prompts, seed_rows=seed_rows, warnings=warnings)
+
+
+def compile_file(path: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> Plan:
+    recipe, loaded = load_recipe(path, overrides)
+    return compile_plan(recipe, loaded, run_dir)
+
+
+def relpath(path: str) -> str:
+    """A path as a user would type it from here."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path

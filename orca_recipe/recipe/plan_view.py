@@ -1,0 +1,62 @@
+"""Rendering a Plan for people: the stage table, estimates, example prompts, trainer YAMLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from orca_recipe.recipe.compile import Plan
+from orca_recipe.recipe.preview import display_path, estimate, example_prompts
+from orca_recipe.store import atomic_write_text
+
+
+def _fmt(n: int | None, bound: bool = False) -> str:
+    if n is None:
+        return "?"
+    return ("≤" if bound else "") + f"{n:,}"
+
+
+def render_plan(console: Console, plan: Plan, *, show_prompts: bool = True) -> None:
+    r = plan.recipe
+    examples, source = example_prompts(plan)
+    est = estimate(plan, examples)
+    table = Table(title=f"plan: {r.name} → {display_path(str(plan.run_dir))}", title_justify="left")
+    for col in ("#", "stage", "inputs", "agents", "LLM calls", "rows out", "tokens in/out", "cost $", "fingerprint"):
+        table.add_column(col, justify="right" if col in ("#", "LLM calls", "rows out", "cost $") else "left", overflow="fold")
+    total_cost: float | None = 0.0
+    tin = tout = 0
+    for i, s in enumerate(plan.stages, 1):
+        e = est.get(s.name)
+        tokens = f"{e.input_tokens:,}/{e.output_tokens:,}" if e else ""
+        cost = "" if e is None else ("?" if e.cost is None else f"{e.cost:,.2f}")
+        if e:
+            tin, tout = tin + e.input_tokens, tout + e.output_tokens
+            total_cost = None if (total_cost is None or e.cost is None) else total_cost + e.cost
+        table.add_row(
+            str(i), s.name, ", ".join(s.inputs), ", ".join(s.agents),
+            _fmt(s.calls, s.calls_bound) if s.calls else "", _fmt(s.rows), tokens, cost, s.fingerprint[:8],
+        )
+    console.print(table)
+    cost_text = "unknown (a model has no price)" if total_cost is None else f"${total_cost:,.2f}"
+    console.print(
+        f"total: {plan.total_calls:,} LLM calls (≤ where marked), ~{tin:,} input / ≤{tout:,} output tokens, cost ≤ {cost_text}"
+    )
+    if show_prompts:
+        console.print(f"\nexample prompts ({source}):")
+        for agent, (role, text) in examples.items():
+            console.print(Panel(text, title=f"{agent} (as {role}) → {r.agents[agent].model}", title_align="left", expand=False), markup=False)
+
+
+def write_trainer_configs(plan: Plan, out_dir: Path) -> list[Path]:
+    """Write each training stage's rendered Axolotl YAML to `out_dir/STAGE.yaml`."""
+    written = []
+    for s in plan.stages:
+        if s.trainer_config is not None:
+            path = out_dir / f"{s.name}.axolotl.yaml"
+            atomic_write_text(path, yaml.safe_dump(s.trainer_config, sort_keys=False))
+            written.append(path)
+    return written

@@ -1,0 +1,135 @@
+"""What `plan` shows without spending a token: example prompts and token/cost estimates."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from orca_recipe.recipe.compile import Plan, _roles
+from orca_recipe.recipe.schema import Recipe, Sampling
+
+
+def first_row(path: str, question_field: str, answer_field: str | None) -> dict[str, str] | None:
+    """The first row of a JSONL file as {question, answer}; None when unavailable."""
+    p = Path(path)
+    if not p.is_file() or p.suffix not in (".jsonl", ".ndjson"):
+        return None
+    with p.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                return {"question": str(row.get(question_field, "")), "answer": str(row.get(answer_field, "")) if answer_field else ""}
+    return None
+
+
+def example_row(recipe: Recipe) -> tuple[dict[str, str], str]:
+    """The first seed row, or the eval set's first row when the seeds are not there yet."""
+    row = first_row(recipe.seeds.path, recipe.seeds.question_field, recipe.seeds.answer_field)
+    if row is not None:
+        return row, "first seed row"
+    if recipe.eval is not None:
+        row = first_row(recipe.eval.path, recipe.eval.question_field, recipe.eval.answer_field)
+        if row is not None:
+            return row, "first eval row (seed file not found)"
+    return {"question": "<a seed problem>", "answer": "<its answer>"}, "placeholder (no data found)"
+
+
+def role_variables(recipe: Recipe, role: str, row: dict[str, str]) -> dict[str, Any]:
+    q, a = row["question"], row["answer"]
+    final = a.rsplit("####", 1)[-1].strip() if "####" in a else a
+    ev, ama = recipe.evolve, recipe.ask_me_anything
+    return {
+        "ask_me_anything": {"problem": q, "answer": a, "n": ama.questions_per_seed if ama else 3},
+        "suggester": {"problem": q, "n": ev.suggestions_per_round if ev else 3, "round": 1},
+        "editor": {"problem": q, "suggestions": "1. <first suggestion from the suggester>\n2. <second suggestion>", "round": 1},
+        "verifier": {"problem": q},
+        "solver": {"problem": q},
+        "judge": {"problem": q, "reference": a, "reference_answer": final, "response": "<the student's solution>", "response_answer": "<the student's final answer>"},
+        "student": {"problem": q},
+    }[role]
+
+
+def example_prompts(plan: Plan) -> tuple[dict[str, tuple[str, str]], str]:
+    """agent name -> (role, rendered prompt), and where the example row came from."""
+    row, source = example_row(plan.recipe)
+    out: dict[str, tuple[str, str]] = {}
+    for _key, (agent, role) in _roles(plan.recipe).items():
+        if agent not in out:
+            out[agent] = (role, plan.prompts[agent].render(**role_variables(plan.recipe, role, row)))
+    return out, source
+
+
+def effective_sampling(recipe: Recipe, agent: str) -> Sampling:
+    a = recipe.agents[agent]
+    return a.sampling.over(recipe.models[a.model].sampling)
+
+
+@lru_cache(maxsize=1)
+def _litellm_prices() -> dict[str, Any]:
+    """litellm's bundled price map, read as JSON without importing litellm (slow, networked)."""
+    spec = find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(list(spec.submodule_search_locations)[0]) / "model_prices_and_context_window_backup.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def price_per_token(recipe: Recipe, model_key: str) -> tuple[float, float] | None:
+    """(input, output) USD per token: the recipe's declared price, else litellm's, else None."""
+    m = recipe.models[model_key]
+    if m.price is not None:
+        return m.price.input_per_mtok / 1e6, m.price.output_per_mtok / 1e6
+    if m.model is None:
+        return None
+    prices = _litellm_prices()
+    for name in (m.model, m.model.split("/", 1)[-1]):
+        entry = prices.get(name)
+        if entry and "input_cost_per_token" in entry:
+            return float(entry["input_cost_per_token"]), float(entry.get("output_cost_per_token", 0.0))
+    return None
+
+
+@dataclass
+class Estimate:
+    input_tokens: int
+    output_tokens: int
+    cost: float | None  # None: some model has no known price
+
+
+def estimate(plan: Plan, examples: dict[str, tuple[str, str]]) -> dict[str, Estimate]:
+    """Upper-bound tokens per stage: calls x (example prompt chars / 4 + max_tokens)."""
+    recipe = plan.recipe
+    out: dict[str, Estimate] = {}
+    for stage in plan.stages:
+        if not stage.calls or not stage.agents:
+            continue
+        per_agent = stage.calls / len(stage.agents)
+        tin = tout = 0.0
+        cost: float | None = 0.0
+        for agent in stage.agents:
+            prompt_tokens = len(examples[agent][1]) / 4 if agent in examples else 256
+            max_tokens = stage.config.get("max_tokens") or effective_sampling(recipe, agent).max_tokens or 512
+            i, o = per_agent * prompt_tokens, per_agent * max_tokens
+            tin, tout = tin + i, tout + o
+            price = price_per_token(recipe, recipe.agents[agent].model)
+            if recipe.models[recipe.agents[agent].model].local is not None:
+                price = (0.0, 0.0)
+            cost = None if (cost is None or price is None) else cost + i * price[0] + o * price[1]
+        out[stage.name] = Estimate(int(tin), int(tout), cost)
+    return out
+
+
+def display_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("../../..") else path

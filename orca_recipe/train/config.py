@@ -1,0 +1,78 @@
+"""Axolotl YAML for the SFT and preference stages: computed defaults, then the recipe's mapping.
+
+The defaults carry what the Orca-Math paper states (1 epoch, no packing, loss on the
+answer only) and dataset forms that Axolotl 0.19 accepts; everything else is the
+recipe's to override under `training.sft.axolotl` / `training.preference.axolotl`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orca_recipe.recipe.load import deep_merge
+
+
+def _common(base_model: str, output_dir: str, prepared_dir: str) -> dict[str, Any]:
+    return {
+        "base_model": base_model,
+        "chat_template": "tokenizer_default",
+        "output_dir": output_dir,
+        "dataset_prepared_path": prepared_dir,
+        "val_set_size": 0.0,
+        "sequence_len": 2048,
+        "sample_packing": False,  # paper: no packing
+        "pad_to_sequence_len": False,
+        "num_epochs": 1,  # paper: 1 epoch
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 4,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.03,
+        "bf16": "auto",
+        "logging_steps": 1,
+        "saves_per_epoch": 1,
+        "save_total_limit": 2,
+        "seed": 42,
+    }
+
+
+def sft_config(base_model: str, data_path: str, output_dir: str, prepared_dir: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    cfg = _common(base_model, output_dir, prepared_dir)
+    cfg.update(
+        {
+            "datasets": [
+                {
+                    "path": data_path,
+                    "ds_type": "json",
+                    "type": "chat_template",
+                    "field_messages": "messages",
+                    "roles_to_train": ["assistant"],  # paper: loss on the answer tokens only
+                }
+            ],
+            "train_on_inputs": False,
+            "learning_rate": 1e-5,
+        }
+    )
+    return deep_merge(cfg, overrides)
+
+
+def preference_config(
+    kind: str, base_model: str, data_path: str, output_dir: str, prepared_dir: str, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    cfg = _common(base_model, output_dir, prepared_dir)
+    if kind == "dpo":
+        dataset = {
+            "path": data_path,
+            "ds_type": "json",
+            "split": "train",
+            "type": "chat_template.default",
+            "field_messages": "prompt",
+            "field_chosen": "chosen",
+            "field_rejected": "rejected",
+        }
+        cfg.update({"rl": "dpo", "rl_beta": 0.1})
+    else:
+        dataset = {"path": data_path, "ds_type": "json", "split": "train", "type": "chatml.prompt_pairs"}
+        cfg.update({"rl": "kto", "rl_beta": 0.1, "remove_unused_columns": False})
+    cfg.update({"datasets": [dataset], "learning_rate": 5e-7})
+    return deep_merge(cfg, overrides)
