@@ -106,7 +106,7 @@ def _roles(recipe: Recipe) -> dict[tuple[str, ...], tuple[str, str]]:
         if recipe.evolve.verifier:
             refs[("evolve", "verifier")] = (recipe.evolve.verifier, "verifier")
     refs[("solve", "agent")] = (recipe.solve.agent, "solver")
-    if recipe.judge.agent and recipe.judge.mode != "exact":
+    if recipe.judge.agent and recipe.judge.mode != "exact" and recipe.iterations > 1:
         refs[("judge", "agent")] = (recipe.judge.agent, "judge")
     if recipe.practice and recipe.iterations > 1:
         refs[("practice", "agent")] = (recipe.practice.agent, "student")
@@ -130,7 +130,7 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
         if agent_name not in recipe.agents:
             fail(key, f"unknown agent '{agent_name}'; agents: {', '.join(recipe.agents)}")
 
-    if recipe.judge.mode != "exact" and not recipe.judge.agent:
+    if recipe.iterations > 1 and recipe.judge.mode != "exact" and not recipe.judge.agent:
         fail(("judge", "mode"), f"judge mode '{recipe.judge.mode}' needs judge.agent")
     for i, inp in enumerate(recipe.solve.inputs):
         if inp != "seeds" and getattr(recipe, inp) is None:

@@ -1,0 +1,168 @@
+"""Every class of bad input: exit 2, one message with file:line and the key, no traceback."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from _cli import REPO, run_cli
+
+PROMPTS = REPO / "prompts"
+
+
+def good_recipe(prompts: Path = PROMPTS) -> str:
+    data = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+    return textwrap.dedent(
+        f"""\
+        name: t
+        models:
+          m:
+            model: openai/x
+            api_base: http://127.0.0.1:9/v1
+        agents:
+          solver:
+            model: m
+            prompt: {prompts}/solver.j2
+        seeds:
+          path: {data}
+          limit: 4
+        solve:
+          agent: solver
+          inputs: [seeds]
+        """
+    )
+
+
+def write(tmp: Path, text: str, name: str = "r.yaml") -> Path:
+    p = tmp / name
+    p.write_text(text)
+    return p
+
+
+def assert_user_error(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    msg = proc.stderr
+    assert msg.startswith("error:"), msg
+    for n in needles:
+        assert n in msg, f"{n!r} not in {msg!r}"
+    return msg
+
+
+def test_good_recipe_is_valid(tmp_path):
+    proc = run_cli("validate", write(tmp_path, good_recipe()))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    p = write(tmp_path, good_recipe().replace("  limit: 4", "  limit: [4"))
+    assert_user_error(run_cli("validate", p), f"{p}:", "YAML syntax error")
+
+
+def test_tab_indentation(tmp_path):
+    p = write(tmp_path, good_recipe().replace("  limit: 4", "\tlimit: 4"))
+    msg = assert_user_error(run_cli("validate", p), f"{p}:12:", "tab")
+
+
+def test_empty_file(tmp_path):
+    p = write(tmp_path, "# nothing here\n")
+    assert_user_error(run_cli("validate", p), str(p), "empty")
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    p = write(tmp_path, "- a\n- b\n")
+    assert_user_error(run_cli("validate", p), f"{p}:1:1", "mapping")
+
+
+def test_missing_file(tmp_path):
+    assert_user_error(run_cli("validate", tmp_path / "nope.yaml"), "nope.yaml", "not found")
+
+
+def test_unknown_key_did_you_mean(tmp_path):
+    p = write(tmp_path, good_recipe().replace("  limit: 4", "  limitt: 4"))
+    msg = assert_user_error(run_cli("validate", p), f"{p}:12:3", "seeds.limitt", "did you mean 'limit'")
+
+
+def test_unknown_nested_key_in_dict_of_models(tmp_path):
+    p = write(tmp_path, good_recipe().replace("    api_base:", "    api_bsae:"))
+    assert_user_error(run_cli("validate", p), f"{p}:5:5", "models.m.api_bsae", "did you mean 'api_base'")
+
+
+def test_wrong_type(tmp_path):
+    p = write(tmp_path, good_recipe().replace("  limit: 4", "  limit: lots"))
+    assert_user_error(run_cli("validate", p), f"{p}:12:3", "seeds.limit", "integer")
+
+
+def test_negative_count(tmp_path):
+    p = write(tmp_path, good_recipe() + "  samples: -2\n")
+    assert_user_error(run_cli("validate", p), f"{p}:16:3", "solve.samples", "greater than 0")
+
+
+def test_missing_required_key(tmp_path):
+    p = write(tmp_path, good_recipe().replace("  agent: solver\n", ""))
+    assert_user_error(run_cli("validate", p), "solve.agent", "required")
+
+
+def test_duplicate_key(tmp_path):
+    p = write(tmp_path, good_recipe() + "name: again\n")
+    assert_user_error(run_cli("validate", p), f"{p}:16:1", "duplicate key 'name'")
+
+
+def test_unknown_agent_reference(tmp_path):
+    p = write(tmp_path, good_recipe().replace("  agent: solver", "  agent: solvr"))
+    assert_user_error(run_cli("validate", p), f"{p}:14:3", "solve.agent", "unknown agent 'solvr'")
+
+
+def test_unknown_model_reference(tmp_path):
+    p = write(tmp_path, good_recipe().replace("    model: m\n", "    model: mm\n"))
+    assert_user_error(run_cli("validate", p), "agents.solver.model", "unknown model 'mm'")
+
+
+def test_missing_prompt_file(tmp_path):
+    p = write(tmp_path, good_recipe().replace("solver.j2", "solverr.j2"))
+    assert_user_error(run_cli("validate", p), f"{p}:9:", "agents.solver.prompt", "prompt file not found")
+
+
+def test_jinja_syntax_error(tmp_path):
+    (tmp_path / "solver.j2").write_text("Solve {{ problem }\n")
+    p = write(tmp_path, good_recipe(tmp_path))
+    assert_user_error(run_cli("validate", p), f"{p}:9:", "agents.solver.prompt", "Jinja syntax error", "solver.j2:1")
+
+
+def test_undefined_template_variable(tmp_path):
+    (tmp_path / "solver.j2").write_text("Solve {{ problem }} using {{ hint }}\n")
+    p = write(tmp_path, good_recipe(tmp_path))
+    assert_user_error(run_cli("validate", p), "agents.solver.prompt", "hint", "as 'solver' it gets: problem")
+
+
+def test_missing_extends(tmp_path):
+    p = write(tmp_path, "extends: base.yaml\nname: c\n")
+    assert_user_error(run_cli("validate", p), f"{p}:1:1", "extends", "base recipe 'base.yaml' not found")
+
+
+def test_cyclic_extends(tmp_path):
+    write(tmp_path, "extends: b.yaml\nname: a\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\nname: b\n", "b.yaml")
+    assert_user_error(run_cli("validate", tmp_path / "a.yaml"), "extends", "cycle")
+
+
+def test_bad_set_override(tmp_path):
+    p = write(tmp_path, good_recipe())
+    assert_user_error(run_cli("validate", p, "--set", "seeds.limit"), "--set", "KEY=VALUE")
+    assert_user_error(run_cli("validate", p, "--set", "seeds.limit=-1"), "--set seeds.limit", "greater than 0")
+
+
+def test_judge_mode_needs_agent(tmp_path):
+    p = write(tmp_path, good_recipe() + "judge:\n  mode: llm\niterations: 2\n")
+    assert_user_error(run_cli("validate", p), "judge.mode", "needs judge.agent")
+
+
+def test_sandbox_blocks_escape(tmp_path):
+    (tmp_path / "solver.j2").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }} {{ problem }}")
+    p = write(tmp_path, good_recipe(tmp_path))
+    # Parsing passes; rendering (plan's example prompt) is stopped by the sandbox.
+    proc = run_cli("plan", p, "--out", tmp_path / "out")
+    assert_user_error(proc, "sandbox")
