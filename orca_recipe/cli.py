@@ -132,6 +132,10 @@ def run(
         f"{len(ran)} stage(s) ran, {len(outcomes) - len(ran)} skipped; {requests} LLM requests made, {hits} answered from cache; "
         f"run directory {p.run_dir}"
     )
+    if (p.run_dir / "report.md").is_file() and any(o.name.startswith("eval_") for o in outcomes):
+        from rich.markdown import Markdown
+
+        out.print(Markdown((p.run_dir / "report.md").read_text()))
 
 
 @app.command()
@@ -152,6 +156,18 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/
             "" if not u else ("?" if cost is None else f"{cost:.4f}"), f"{m['seconds']:.1f}" if "seconds" in m else "",
         )
     out.print(table)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny.")) -> None:
+    """Print the run's report: pass@1 per checkpoint with n and 95% intervals, stage timings."""
+    from rich.markdown import Markdown
+
+    from orca_recipe.report import write_report
+
+    path = write_report(run_dir)
+    out.print(Markdown(path.read_text()))
+    out.print(f"report: {path}")
 
 
 def main() -> None:

@@ -26,24 +26,12 @@ from orca_recipe.recipe.fork import effective, to_yaml
 from orca_recipe.stages.base import StageContext, StageResult
 from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest, write_jsonl, write_manifest
 
-DATA_STAGES = ("seeds", "ask_me_anything", "evolve", "solve", "filter")
-
-
 def stage_function(kind: str) -> Callable[[StageContext], Any]:
     """The module that runs a stage kind; imported on demand so `plan` stays light."""
-    if kind == "seeds":
-        from orca_recipe.stages import seeds as mod
-    elif kind == "ask_me_anything":
-        from orca_recipe.stages import ask_me_anything as mod
-    elif kind == "evolve":
-        from orca_recipe.stages import evolve as mod
-    elif kind == "solve":
-        from orca_recipe.stages import solve as mod
-    elif kind == "filter":
-        from orca_recipe.stages import filter as mod
-    else:
-        raise UserError(f"stage kind '{kind}' is not built yet; run with --until filter")
-    return mod.run
+    import importlib
+
+    module = {"sft": "train", "train_preference": "train"}.get(kind, kind)
+    return importlib.import_module(f"orca_recipe.stages.{module}").run
 
 
 # --------------------------------------------------------------------------- progress
@@ -169,8 +157,14 @@ class Runner:
         outcomes = []
         with _sigterm_as_exit():
             try:
-                for stage in stages:
+                for i, stage in enumerate(stages):
+                    todo = [s for s in stages[i:] if not self.is_done(s)]
+                    self.release_servers(todo)
                     outcomes.append(self.run_stage(stage))
+                if any(s.kind == "eval" for s in stages):
+                    from orca_recipe.report import write_report
+
+                    write_report(self.run_dir)
             finally:
                 self.pool.stop_all()
                 if self._cache is not None:
@@ -241,20 +235,55 @@ class Runner:
             self._cache = RequestCache(path)
         endpoints = {}
         parallel = 1
+        names = {}
         for agent in ctx.stage.agents:
             key = recipe.agents[agent].model
             m = recipe.models[key]
             parallel = max(parallel, m.concurrency * 2)
+            server_key = self.server_key(ctx.stage, agent)
+            names[agent] = server_key or key
             if m.local is None:
                 endpoints[key] = Endpoint.from_recipe(key, m)
                 continue
-            folder, identity = self._local_folder(m.local)
-            served = m.local.embedded or Path(folder).name
-            api_base = self.pool.api_base(key, folder, served, local_args(m.local))
-            endpoints[key] = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
+            model_stage = self.checkpoint_stage(ctx.stage, agent)
+            if model_stage:
+                folder = self.run_dir / model_stage / "output"
+                identity = f"local:checkpoint:{self.plan.stage(model_stage).fingerprint}"
+                served = f"{key}-{model_stage}"
+            else:
+                folder, identity = self._local_folder(m.local)
+                served = m.local.embedded or Path(folder).name
+            api_base = self.pool.api_base(server_key, folder, served, local_args(m.local))
+            endpoints[server_key] = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
         ctx.llm = LLM(endpoints, self._cache)
-        ctx.endpoint_for = lambda agent: recipe.agents[agent].model
+        ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel
+
+    def checkpoint_stage(self, stage: StageRun, agent: str) -> str | None:
+        """The training stage whose model this agent runs on here (practice/eval of the student)."""
+        tr = self.plan.recipe.training
+        if tr is None or self.plan.recipe.agents[agent].model != tr.student:
+            return None
+        if stage.kind == "practice":
+            return stage.inputs[1]
+        if stage.kind == "eval":
+            return stage.config.get("model_from")
+        return None
+
+    def server_key(self, stage: StageRun, agent: str) -> str | None:
+        """Which local server an agent needs in a stage (None for hosted models)."""
+        key = self.plan.recipe.agents[agent].model
+        if self.plan.recipe.models[key].local is None:
+            return None
+        ckpt = self.checkpoint_stage(stage, agent)
+        return f"{key}@{ckpt}" if ckpt else key
+
+    def release_servers(self, remaining: list[StageRun]) -> None:
+        """Stop local servers no remaining stage needs (a 2-core box cannot host them all)."""
+        needed = {self.server_key(s, a) for s in remaining for a in s.agents}
+        for key in list(self.pool.servers):
+            if key not in needed:
+                self.pool.stop(key)
 
     def _local_folder(self, local: Any) -> tuple[Path, str]:
         if local.embedded:

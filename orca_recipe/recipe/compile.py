@@ -297,7 +297,7 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         add_eval(None, "base")
         sft_dir = run_dir / "sft"
         sft_yaml = sft_config(
-            base_model or "", str(sft_dir / "data.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl
+            base_model or "", str(sft_dir / "train.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl
         )
         add(
             "sft", "sft", ("filter",),

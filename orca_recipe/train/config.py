@@ -32,6 +32,7 @@ def _common(base_model: str, output_dir: str, prepared_dir: str) -> dict[str, An
         "logging_steps": 1,
         "saves_per_epoch": 1,
         "save_total_limit": 2,
+        "auto_resume_from_checkpoints": True,  # a crashed run resumes from output_dir/checkpoint-N
         "seed": 42,
     }
 

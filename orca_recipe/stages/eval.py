@@ -1,0 +1,51 @@
+"""pass@1 (greedy) on the eval set for the base model or a checkpoint, with a 95% interval."""
+
+from __future__ import annotations
+
+import math
+
+from orca_recipe.answers import equivalent, extract_final
+from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
+from orca_recipe.stages.seeds import load_problems
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion; sane at 0 and n."""
+    if n == 0:
+        return 0.0, 0.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+async def run(ctx: StageContext) -> StageResult:
+    ev = ctx.recipe.eval
+    assert ev is not None
+    problems = load_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format,
+                             limit=ev.limit, shuffle=False, seed=0, prefix="eval", key="eval.path")
+    ctx.set_total(len(problems))
+
+    async def one(p: Row) -> tuple[Row | None, Row | None]:
+        try:
+            comp = await ctx.ask(ev.agent, {"problem": p["question"]}, temperature=0.0, top_p=1.0, max_tokens=ev.max_tokens)
+        except ctx.extra["LLMError"] as e:
+            return None, failure_row(p["id"], ctx.stage.name, f"llm: {e}")
+        finally:
+            ctx.advance(1)
+        ans, how = extract_final(comp.text)
+        ok = equivalent(ans, p["gold"]) is True
+        return {"id": p["id"], "question": p["question"], "gold": p["gold"], "response": comp.text.strip(), "answer": ans, "answer_extraction": how, "correct": ok}, None
+
+    rows, failures = [], []
+    for row, fail in await map_bounded(problems, one, ctx.extra.get("parallel", 16)):
+        if row:
+            rows.append(row)
+        if fail:
+            failures.append(fail)
+    n = len(problems)  # a failed request counts as wrong: pass@1 is over the whole eval set
+    correct = sum(r["correct"] for r in rows)
+    lo, hi = wilson(correct, n)
+    model = ctx.stage.config.get("model_from") or "base"
+    return StageResult(rows=rows, failures=failures, report={"model": model, "n": n, "correct": correct, "pass_at_1": correct / n if n else 0.0, "ci95": [lo, hi]})

@@ -1,0 +1,68 @@
+"""The teacher judge (Orca-Math §3.3): is the student's final answer the problem setter's?
+
+`exact` compares normalised final answers (math-verify beyond plain numbers); `llm` asks the
+judge agent and reads "Final Verdict: Correct/Incorrect"; `exact_then_llm` asks only where
+exact matching cannot decide. The exact check always runs (it is free), so `llm` mode also
+reports how often the two agree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from orca_recipe.answers import equivalent
+from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
+
+_VERDICT = re.compile(r"final\s+verdict\s*:?\s*\**\s*(correct|incorrect)", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> bool | None:
+    found = _VERDICT.findall(text)
+    if found:
+        return found[-1].lower() == "correct"
+    return None
+
+
+async def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.recipe.judge
+    solutions = {r["id"]: r for r in ctx.inputs["filter"]}
+    samples = ctx.inputs[ctx.stage.inputs[0]]
+    ctx.set_total(len(samples))
+
+    async def one(s: Row) -> tuple[Row | None, Row | None]:
+        ref = solutions[s["problem_id"]]
+        exact = equivalent(s.get("response_answer"), ref["final_answer"])
+        verdict, by, llm_verdict = exact, "exact", None
+        try:
+            if cfg.mode == "llm" or (cfg.mode == "exact_then_llm" and exact is None):
+                variables = {
+                    "problem": s["question"], "reference": ref["solution"], "reference_answer": ref["final_answer"],
+                    "response": s["response"], "response_answer": s.get("response_answer") or "",
+                }
+                llm_verdict, _ = await ctx.ask_parsed(cfg.agent, variables, parse_verdict)
+                verdict, by = llm_verdict, "llm"
+        except ParseFailure as e:
+            return None, failure_row(s["id"], "judge", e.reason, reply=e.text[:500])
+        except ctx.extra["LLMError"] as e:
+            return None, failure_row(s["id"], "judge", f"llm: {e}")
+        finally:
+            ctx.advance(1)
+        if verdict is None:  # exact mode and undecidable: no evidence it is right
+            verdict, by = False, "exact_undecided"
+        return s | {"correct": bool(verdict), "judged_by": by, "exact_verdict": exact, "llm_verdict": llm_verdict,
+                    "reference_answer": ref["final_answer"]}, None
+
+    rows, failures = [], []
+    for row, fail in await map_bounded(samples, one, ctx.extra.get("parallel", 16)):
+        if row:
+            rows.append(row)
+        if fail:
+            failures.append(fail)
+    both = [r for r in rows if r["exact_verdict"] is not None and r["llm_verdict"] is not None]
+    report = {
+        "samples": len(samples), "correct": sum(r["correct"] for r in rows),
+        "judged_by": dict(Counter(r["judged_by"] for r in rows)),
+        "both_ran": len(both), "agreement": (sum(r["exact_verdict"] == r["llm_verdict"] for r in both) / len(both)) if both else None,
+    }
+    return StageResult(rows=rows, failures=failures, report=report)

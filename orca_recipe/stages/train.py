@@ -1,0 +1,74 @@
+"""Axolotl training stages: SFT on the teacher's solutions, then KTO/DPO on preferences.
+
+The stage writes its training rows and the rendered Axolotl YAML into its folder, runs
+`axolotl train` (resuming from the newest checkpoint after a crash) and hands the finished
+model folder to the stages downstream.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from orca_recipe.errors import UserError
+from orca_recipe.stages.base import Row, StageContext, StageResult
+from orca_recipe.stages.preferences import student_prompt
+from orca_recipe.store import atomic_write_text, write_jsonl
+from orca_recipe.train.launch import is_model_folder, latest_checkpoint, run_axolotl
+
+
+def sft_rows(ctx: StageContext, solved: list[Row]) -> list[Row]:
+    return [
+        {"id": r["id"], "messages": [{"role": "user", "content": student_prompt(ctx, r["question"])}, {"role": "assistant", "content": r["solution"]}]}
+        for r in solved
+    ]
+
+
+def _ensure_base_model(ctx: StageContext) -> None:
+    tr = ctx.recipe.training
+    assert tr is not None
+    local = ctx.recipe.models[tr.student].local
+    if local is not None and local.embedded:
+        from orca_recipe.llm.embedded import ensure_embedded_model
+
+        ensure_embedded_model(local.embedded)
+
+
+async def run(ctx: StageContext) -> StageResult:
+    tr = ctx.recipe.training
+    assert tr is not None and ctx.stage.trainer_config is not None
+    cfg = dict(ctx.stage.trainer_config)
+    out_dir = ctx.out_dir
+    if ctx.stage.kind == "sft":
+        _ensure_base_model(ctx)
+        rows = sft_rows(ctx, ctx.inputs["filter"])
+        write_jsonl(Path(cfg["datasets"][0]["path"]), rows)
+    else:
+        rows = [{"id": r["id"]} for r in ctx.inputs[ctx.stage.inputs[0]]]
+        base = Path(cfg["base_model"])
+        if not is_model_folder(base):
+            raise UserError(f"{ctx.stage.name}: the model to continue from is missing: {base}")
+    if not rows:
+        raise UserError(f"{ctx.stage.name}: no training rows (every problem was rejected or failed upstream); see the previous stages' rejects.jsonl")
+    output = Path(cfg["output_dir"])
+    resumed = latest_checkpoint(output)
+    config_path = out_dir / "axolotl.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(cfg, sort_keys=False))
+
+    done = [0]
+
+    def on_step(step: int, total: int) -> None:
+        ctx.set_total(total)
+        if step > done[0]:
+            ctx.advance(step - done[0])
+            done[0] = step
+
+    t = time.monotonic()
+    run_axolotl(config_path, tr.launcher, out_dir / "train.log", on_step)
+    if not is_model_folder(output):
+        raise UserError(f"{ctx.stage.name}: axolotl finished but {output} holds no model; see {out_dir / 'train.log'}")
+    report = {"checkpoint": str(output), "train_rows": len(rows), "steps": done[0], "train_seconds": round(time.monotonic() - t, 1),
+              "resumed_from": str(resumed) if resumed else None}
+    return StageResult(rows=rows, report=report)

