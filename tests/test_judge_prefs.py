@@ -1,0 +1,65 @@
+"""Judge verdict parsing and the KTO/DPO pairing rules, on hand-made cases."""
+
+from __future__ import annotations
+
+from orca_recipe.stages.eval import wilson
+from orca_recipe.stages.judge import parse_verdict
+from orca_recipe.stages.preferences import dpo_pairs, kto_rows
+
+
+def s(pid, i, correct, text=None):
+    return {"id": f"{pid}#s{i}", "problem_id": pid, "question": f"Q{pid}", "response": text or f"{pid}-answer-{i}", "correct": correct}
+
+
+TEACHER = {"p1": {"solution": "teacher p1 #### 5"}, "p2": {"solution": "teacher p2 #### 7"}, "p3": {"solution": "teacher p3 #### 9"}}
+GROUPS = {
+    "p1": [s("p1", 0, True), s("p1", 1, False), s("p1", 2, False), s("p1", 3, True)],  # mixed
+    "p2": [s("p2", i, False) for i in range(4)],  # never right
+    "p3": [s("p3", i, True) for i in range(4)],  # always right
+}
+
+
+def prompt_of(q):
+    return f"<prompt {q}>"
+
+
+def test_parse_verdict():
+    assert parse_verdict("Error Analysis: both say 5. They match.\nFinal Verdict: Correct") is True
+    assert parse_verdict("Error Analysis: 5 vs 6.\nFinal Verdict: **Incorrect**") is False
+    assert parse_verdict("final verdict incorrect") is False
+    assert parse_verdict("Correct!") is None  # no verdict line: retry, then a failure row
+
+
+def test_dpo_pairs_follow_the_paper():
+    pairs = dpo_pairs(GROUPS, TEACHER, prompt_of, max_per_problem=None, teacher_fallback=True)
+    by = {}
+    for p in pairs:
+        by.setdefault(p["problem_id"], []).append(p)
+    # p1: each incorrect sample paired with a correct student sample, round robin
+    assert [(p["rejected_id"], p["chosen_id"]) for p in by["p1"]] == [("p1#s1", "p1#s0"), ("p1#s2", "p1#s3")]
+    # p2: the student never got it right -> the teacher's solution is chosen for every wrong sample
+    assert len(by["p2"]) == 4 and {p["chosen_source"] for p in by["p2"]} == {"teacher"}
+    assert by["p2"][0]["chosen"] == [{"role": "assistant", "content": "teacher p2 #### 7"}]
+    assert by["p2"][0]["prompt"] == [{"role": "user", "content": "<prompt Qp2>"}]
+    # p3: always right -> nothing to prefer against
+    assert "p3" not in by
+    assert len(dpo_pairs(GROUPS, TEACHER, prompt_of, max_per_problem=1, teacher_fallback=True)) == 2
+    assert "p2" not in {p["problem_id"] for p in dpo_pairs(GROUPS, TEACHER, prompt_of, max_per_problem=None, teacher_fallback=False)}
+
+
+def test_kto_rows_label_every_sample():
+    rows = kto_rows(GROUPS, TEACHER, prompt_of, max_per_problem=None, teacher_fallback=True, drop_all_correct=False)
+    assert len(rows) == 12 + 1  # every sample + the teacher row for p2
+    assert sum(r["label"] for r in rows) == 2 + 1 + 4
+    teacher = [r for r in rows if r["source"] == "teacher"]
+    assert teacher == [{"id": "p2#teacher", "problem_id": "p2", "prompt": "<prompt Qp2>", "completion": "teacher p2 #### 7", "label": True, "source": "teacher"}]
+    dropped = kto_rows(GROUPS, TEACHER, prompt_of, max_per_problem=2, teacher_fallback=False, drop_all_correct=True)
+    assert {r["problem_id"] for r in dropped} == {"p1", "p2"} and len(dropped) == 4
+
+
+def test_wilson_interval():
+    lo, hi = wilson(0, 50)
+    assert lo == 0.0 and 0.06 < hi < 0.08
+    lo, hi = wilson(25, 50)
+    assert 0.36 < lo < 0.37 and 0.63 < hi < 0.64
+    assert wilson(0, 0) == (0.0, 0.0)
