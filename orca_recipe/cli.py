@@ -22,13 +22,21 @@ RecipeArg = typer.Argument(..., help="Recipe YAML file.")
 
 
 @app.command()
-def validate(recipe: Path = RecipeArg, set_: list[str] = SetOpt) -> None:
+def validate(
+    recipe: Path = RecipeArg,
+    set_: list[str] = SetOpt,
+    check_axolotl: bool = typer.Option(False, "--check-axolotl", help="Also check the rendered Axolotl configs with Axolotl's schema (slow: imports Axolotl)."),
+) -> None:
     """Check a recipe (schema, references, prompt templates); exit 0 if valid, 2 if not."""
     from orca_recipe.recipe.compile import compile_file
 
     plan = compile_file(recipe, set_)
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
+    if check_axolotl:
+        from orca_recipe.train.check import check_plan
+
+        out.print(f"Axolotl accepts {check_plan(plan)} rendered config(s)")
     out.print(f"[green]ok[/] {recipe}: {len(plan.stages)} stages, {plan.total_calls:,} LLM calls planned")
 
 
@@ -39,6 +47,7 @@ def plan(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the rendered Axolotl YAMLs (default RUN_DIR/plan)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory the plan is for (default runs/NAME)."),
     prompts: bool = typer.Option(True, "--prompts/--no-prompts", help="Show one rendered example prompt per agent."),
+    check_axolotl: bool = typer.Option(True, "--check-axolotl/--no-check-axolotl", help="Check the rendered configs with Axolotl's schema when Axolotl is installed."),
 ) -> None:
     """Show the stages, call counts, token/cost estimate and example prompts; spends nothing."""
     from orca_recipe.recipe.compile import compile_file
@@ -49,6 +58,13 @@ def plan(
     written = write_trainer_configs(p, out_dir or p.run_dir / "plan")
     for path in written:
         out.print(f"wrote {path}")
+    if check_axolotl and p.recipe.training is not None:
+        from orca_recipe.train.check import axolotl_available, check_plan
+
+        if axolotl_available(p.recipe.training.launcher):
+            out.print(f"Axolotl accepts {check_plan(p)} rendered config(s)")
+        else:
+            out.print("[dim]Axolotl not installed here: rendered configs not checked against its schema[/]")
     for w in p.warnings:
         err.print(f"[yellow]warning:[/] {w}")
 

@@ -177,7 +177,7 @@ fi
 # The embedded default model: converted once into $ORCA_RECIPE_HOME (~/.cache/orca-recipe).
 say "embedded model (converted once, then reused)"
 t0=$SECONDS
-MODEL_DIR="$(.venv/bin/python -m orca_recipe.llm.embedded)"
+MODEL_DIR="$(TQDM_DISABLE=1 .venv/bin/python -m orca_recipe.llm.embedded)"
 say "embedded model at $MODEL_DIR ($((SECONDS - t0)) s)"
 
 say "done in $((SECONDS - T0)) s"

@@ -20,11 +20,14 @@ kind at random too):
     "truncated"  200, application/json, the JSON body cut in half (Content-Length matches)
     "nonjson"    200, text/html body
     "empty"      200, valid JSON with ``"choices": []``
+    "400"        HTTP 400, context length exceeded (not worth retrying)
     "401"        HTTP 401 (as if the key were rejected)
     "404"        HTTP 404 model not found
 
 ``require_key="sk-..."`` answers 401 to requests without ``Authorization: Bearer <key>``;
-``models=[...]`` answers 404 (model not found) for other model names.
+``echo_key=True`` puts the received Authorization header into 401 messages (as careless servers
+do), to test that clients scrub it. ``models=[...]`` answers 404 (model not found) for other
+model names.
 Only the standard library is used.
 """
 
@@ -41,7 +44,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable
 
-FAULTS = ("429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty", "401", "404")
+FAULTS = ("429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty", "400", "401", "404")
 
 
 def _h(text: str) -> str:
@@ -76,6 +79,7 @@ class FakeOpenAI:
         ignore_n: bool = False,
         require_key: str | None = None,
         models: Iterable[str] | None = None,
+        echo_key: bool = False,
         host: str = "127.0.0.1",
     ):
         for f in [fault, *(faults or [])]:
@@ -91,6 +95,7 @@ class FakeOpenAI:
         self.ignore_n = ignore_n
         self.require_key = require_key
         self.models = list(models) if models is not None else None
+        self.echo_key = echo_key
         self.host = host
 
         self._lock = threading.Lock()
@@ -210,6 +215,10 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _unauthorized(self, st: FakeOpenAI):
+        got = f": {self.headers.get('Authorization')}" if st.echo_key else "."
+        return self._error(401, f"Incorrect API key provided{got}", "invalid_request_error", "invalid_api_key")
+
     def _auth_ok(self) -> bool:
         key = self.server_state.require_key
         if key is None:
@@ -224,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
             with st._lock:
                 st.model_list_requests += 1
             if not self._auth_ok():
-                return self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+                return self._unauthorized(st)
             ids = st.models if st.models is not None else ["fake"]
             return self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in ids]})
         self._error(404, f"no route {self.path}", "not_found")
@@ -260,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         if st.latency:
             time.sleep(st.latency)
         if not self._auth_ok():
-            return self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return self._unauthorized(st)
         model = body.get("model")
         if st.models is not None and model not in st.models:
             return self._error(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
@@ -298,8 +307,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(500, "The server had an error while processing your request.", "server_error")
         if fault == "503":
             return self._error(503, "The engine is currently overloaded.", "server_error")
+        if fault == "400":
+            return self._error(400, "This model's maximum context length is 8 tokens. Please reduce the length "
+                                    "of the messages.", "invalid_request_error", "context_length_exceeded")
         if fault == "401":
-            return self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return self._unauthorized(st)
         if fault == "404":
             return self._error(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
         if fault == "reset":
