@@ -111,7 +111,8 @@ build_axolotl() {
   rm -f "$V/$MARKER"
   make_venv "$V"
   run "$V/bin/pip" install "${PIP_LINKS[@]}" -c constraints.txt "$AXOLOTL_SPEC"
-  run "$V/bin/pip" uninstall -y "${CUDA_ONLY[@]}"
+  # Axolotl's trainer imports triton at module level (it runs no kernel on CPU): keep it here.
+  run "$V/bin/pip" uninstall -y torchvision torchaudio torchcodec
   run "$V/bin/python" - <<'PY'
 import torch, transformers, trl, peft, axolotl
 assert torch.__version__ == "2.13.0+cpu", torch.__version__

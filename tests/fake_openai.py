@@ -122,8 +122,11 @@ class FakeOpenAI:
         class Handler(_Handler):
             server_state = fake
 
-        self._server = ThreadingHTTPServer((self.host, 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1024  # listen backlog: hundreds of clients connect at once
+            daemon_threads = True
+
+        self._server = Server((self.host, 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self

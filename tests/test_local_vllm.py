@@ -41,7 +41,8 @@ def post_json(url: str, body: dict, timeout: float = 300) -> dict:
 
 
 def port_free(port: int) -> bool:
-    with socket.socket() as s:
+    with socket.socket() as s:  # as a server binds: SO_REUSEADDR passes over TIME_WAIT
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

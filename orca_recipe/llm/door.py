@@ -34,10 +34,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from orca_recipe.errors import UserError
 from orca_recipe.llm.cache import RequestCache
+
+if TYPE_CHECKING:
+    from orca_recipe.recipe.schema import ModelEndpoint
 
 DEFAULT_MAX_TOKENS_ESTIMATE = 512   # tokens assumed for a reply when max_tokens is unset
 MAX_RETRY_AFTER_S = 300.0           # never sleep longer than this on a server's Retry-After
@@ -65,7 +68,7 @@ class Endpoint:
     supports_n: bool = True
 
     @classmethod
-    def from_recipe(cls, name: str, m: Any, *, api_base: str | None = None, litellm_model: str | None = None,
+    def from_recipe(cls, name: str, m: "ModelEndpoint", *, api_base: str | None = None, litellm_model: str | None = None,
                     identity: str | None = None) -> "Endpoint":
         """From a recipe `ModelEndpoint`. For ``local:`` models the runner passes the served
         `litellm_model`, the server's `api_base` and an `identity` that does not depend on the port."""
@@ -236,7 +239,7 @@ class _LoopState:
 _RETRY, _FAIL, _AUTH, _NOTFOUND, _CONFIG, _QUOTA = "retry", "fail", "auth", "notfound", "config", "quota"
 
 
-class _BadResponse(Exception):
+class _EmptyChoices(Exception):
     """A 200 whose body we cannot use (empty choices): retried like a 5xx."""
 
 
@@ -304,7 +307,7 @@ def _retry_after(e: BaseException) -> float | None:
 
 def _classify(e: BaseException) -> str:
     litellm = _litellm()
-    if isinstance(e, (_BadResponse, asyncio.TimeoutError, TimeoutError)):
+    if isinstance(e, (_EmptyChoices, asyncio.TimeoutError, TimeoutError)):
         return _RETRY
     msg = str(e).lower()
     if isinstance(e, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
@@ -335,14 +338,29 @@ def _classify(e: BaseException) -> str:
     raise e  # a programming error: let it raise
 
 
-def _short(e: BaseException, limit: int = 300) -> str:
-    name = type(e).__name__
+_NOISE = re.compile(r"^\s*(?:litellm\.)?[A-Za-z_]*(?:Error|Exception|Timeout)(?: Error)?\s*(?::|-)\s*")
+_JSON_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _short(e: BaseException, limit: int = 240) -> str:
+    """``"RateLimitError (HTTP 429): Rate limit reached"``: the class, the status, the server's words."""
+    name = type(e).__name__.lstrip("_")
     text = " ".join(str(e).split())
-    for prefix in (f"litellm.{name}: ", f"{name}: "):
-        while text.startswith(prefix):
-            text = text[len(prefix):]
-    text = f"{name}: {text}" if text else name
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    while True:
+        stripped = _NOISE.sub("", text, count=1)
+        if stripped == text:
+            break
+        text = stripped
+    m = _JSON_MESSAGE.search(text)
+    if m:
+        text = m.group(1).replace('\\"', '"')
+    status = getattr(e, "status_code", None)
+    # litellm reports connection errors as HTTP 500 and unreadable bodies as 200: no status for those
+    real_status = isinstance(status, int) and status not in (200, 408) and not (
+        status == 500 and ("Errno" in text or "onnect" in text))
+    head = f"{name} (HTTP {status})" if real_status else name
+    out = f"{head}: {text}" if text else head
+    return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,7 +552,7 @@ class LLM:
                         model=ep.litellm_model, messages=messages, api_base=ep.api_base, api_key=api_key,
                         timeout=ep.timeout_s, num_retries=0, max_retries=0, caching=False, **params)
                     if not getattr(resp, "choices", None):
-                        raise _BadResponse("the response has no choices")
+                        raise _EmptyChoices("the response has no choices")
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # classified below, outside the except block (no key-bearing context)
@@ -661,14 +679,17 @@ class LLM:
             return self._from_cache(hit)
         self._raise_if_fatal(ep)
         st = self._state(ep)
-        pending = st.inflight.get(key)
-        if pending is not None:  # the same request is on its way: wait for it, do not pay twice
-            try:
-                c = await asyncio.shield(pending)
-            except LLMError:
-                if usage is not None:
+        while (pending := st.inflight.get(key)) is not None:
+            # The same request is on its way: wait for it rather than pay twice.
+            await asyncio.wait({pending})  # raises only if *this* task is cancelled
+            if pending.cancelled():
+                continue  # its owner was cancelled: take over
+            err = pending.exception()
+            if err is not None:
+                if usage is not None and isinstance(err, LLMError):
                     usage.failures += 1
-                raise
+                raise err
+            c = pending.result()
             if usage is not None:
                 usage.cache_hits += 1
             return Completion(text=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,

@@ -73,19 +73,22 @@ def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Calla
         assert proc.stdout is not None
         try:
             buf = b""
+            training = False  # tqdm bars before "Starting trainer" are data preparation, not steps
             while True:
-                chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+                chunk = proc.stdout.read1(4096)
                 if not chunk:
                     break
                 log.write(chunk)
                 log.flush()
                 buf = (buf + chunk)[-4096:]
-                if on_step:
-                    m = None
-                    for m in _STEP.finditer(buf.decode(errors="replace")):
-                        pass
-                    if m:
-                        on_step(int(m.group(1)), int(m.group(2)))
+                text = buf.decode(errors="replace")
+                if not training and "Starting trainer" in text:
+                    training, buf = True, b""
+                    text = text.split("Starting trainer", 1)[1]
+                if on_step and training:
+                    steps = [(int(a), int(b)) for a, b in _STEP.findall(text.split("Training completed")[0])]
+                    if steps:
+                        on_step(*steps[-1])
             rc = proc.wait()
         except BaseException:
             _stop(proc)
