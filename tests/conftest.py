@@ -21,7 +21,7 @@ def embedded_model_dir():
 def vllm_server(embedded_model_dir, tmp_path_factory):
     """A running `VLLMServer` for the embedded model, served as `smollm2-135m-instruct`."""
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed (run scripts/setup.sh)")
+        pytest.fail("vllm is not installed: run scripts/setup.sh")
     from orca_recipe.llm.local import VLLMServer
 
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"

@@ -18,7 +18,7 @@ pytest.importorskip("litellm")
 from orca_recipe.errors import UserError  # noqa: E402
 from orca_recipe.llm.cache import RequestCache  # noqa: E402
 from orca_recipe.llm.door import (  # noqa: E402
-    LLM, Completion, Endpoint, EndpointError, LLMError, Usage, _Bucket,
+    LLM, Endpoint, EndpointError, LLMError, Usage, _Bucket,
 )
 from orca_recipe.recipe.schema import ModelEndpoint  # noqa: E402
 
@@ -407,3 +407,32 @@ def test_api_key_never_leaks(tmp_path, monkeypatch, capfd):
     for f in tmp_path.iterdir():
         if f.name.startswith("cache.sqlite"):
             assert b"PLANTED" not in f.read_bytes(), f.name
+
+
+# ---- process-level guarantees ---------------------------------------------------------------
+def test_put_survives_sigkill(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from orca_recipe.llm.cache import RequestCache\n"
+        "c = RequestCache(sys.argv[1])\n"
+        "c.put('k1', {'text': 'paid for'})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    path = tmp_path / "kill.sqlite"
+    r = subprocess.run([sys.executable, "-c", code, str(path)], cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == -9
+    with RequestCache(path) as c:
+        assert c.get("k1") == {"text": "paid for"} and len(c) == 1
+
+
+def test_door_import_does_not_import_litellm():
+    import subprocess
+    import sys
+
+    code = "import sys, orca_recipe.llm.door, orca_recipe.llm.cache; assert 'litellm' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

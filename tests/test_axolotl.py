@@ -1,0 +1,55 @@
+"""Real Axolotl on the embedded SmolLM2: schema checks, a few SFT steps, a few KTO steps."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from _cli import REPO, run_cli
+from orca_recipe.recipe.compile import compile_file
+from orca_recipe.stages import preferences, train
+from orca_recipe.stages.base import StageContext
+from orca_recipe.store import write_jsonl
+from orca_recipe.train.check import check_plan
+from orca_recipe.train.launch import is_model_folder
+
+pytestmark = pytest.mark.axolotl
+
+
+@pytest.mark.parametrize("recipe", ["recipes/tiny.yaml", "examples/tiny_dpo.yaml", "recipes/orca_math.yaml", "examples/orca_math_dpo.yaml"])
+def test_rendered_configs_pass_axolotl_schema(recipe):
+    plan = compile_file(REPO / recipe)
+    assert check_plan(plan) == sum(1 for s in plan.stages if s.trainer_config)
+
+
+def test_axolotl_schema_errors_name_the_recipe_key():
+    proc = run_cli("validate", "recipes/tiny.yaml", "--check-axolotl", "--set", "training.sft.axolotl.micro_batch_size=lots")
+    assert proc.returncode == 2 and "training.sft.axolotl" in proc.stderr and "micro_batch_size" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _ctx(plan, name, inputs, run_dir: Path) -> StageContext:
+    return StageContext(plan=plan, stage=plan.stage(name), inputs=inputs, out_dir=run_dir / name)
+
+
+def test_sft_then_kto_train_for_real(tmp_path, embedded_model_dir):
+    plan = compile_file(
+        REPO / "recipes" / "tiny.yaml",
+        ["training.sft.axolotl.max_steps=2", "training.preference.axolotl.max_steps=2"],
+        run_dir=tmp_path,
+    )
+    solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
+               "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
+    sft = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
+    assert sft.report["steps"] == 2 and is_model_folder(tmp_path / "sft" / "output")
+    assert "Training completed" in (tmp_path / "sft" / "train.log").read_text()
+
+    judged = [{"id": f"p{i}#s{k}", "problem_id": f"p{i}", "question": solved[i]["question"],
+               "response": f"#### {i + 2 + k}", "correct": k == 0} for i in range(4) for k in range(2)]
+    prefs = asyncio.run(preferences.run(_ctx(plan, "preferences_2", {"judge_2": judged, "filter": solved}, tmp_path)))
+    assert prefs.report["desirable"] == 4 and prefs.report["undesirable"] == 4
+    write_jsonl(tmp_path / "preferences_2" / "data.jsonl", prefs.rows)
+    kto = asyncio.run(train.run(_ctx(plan, "train_2", {"preferences_2": prefs.rows, "sft": []}, tmp_path)))
+    assert kto.report["steps"] == 2 and is_model_folder(tmp_path / "train_2" / "output")
