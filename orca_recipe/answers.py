@@ -12,7 +12,7 @@ from fractions import Fraction
 
 _NUM = r"-?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?%?"
 _MARKERS = [
-    re.compile(r"####\s*(.+)"),
+    re.compile(r"####\s*(" + _NUM + ")"),
     re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}"),
     re.compile(r"(?:final answer|the answer)\s*(?:is|:|=)?\s*[:=]?\s*(" + _NUM + ")", re.IGNORECASE),
 ]
@@ -83,3 +83,10 @@ def equivalent(a: str | None, b: str | None) -> bool | None:
         return bool(verify(pb, pa))
     except Exception:  # math-verify raises on odd LaTeX; undecidable, not wrong
         return None
+
+
+def solution_steps(answer: str, answer_format: str) -> int:
+    """Steps in a reference solution: GSM8K's <<calc>> annotations, else non-empty lines."""
+    if answer_format == "gsm8k":
+        return max(1, answer.count("<<"))
+    return max(1, sum(1 for line in answer.splitlines() if line.strip()))

@@ -173,13 +173,17 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
 # --------------------------------------------------------------------------- counting
 
 
-def count_rows(path: str) -> int | None:
-    """Rows in a JSONL/JSON-lines file without parsing it; None when unknown or missing."""
+def count_rows(path: str, answer_field: str | None = None, answer_format: str = "plain", max_steps: int | None = None) -> int | None:
+    """Rows in a JSONL file (those within `max_steps` when set); None when unknown or missing."""
     p = Path(path)
-    if p.is_file() and p.suffix in (".jsonl", ".ndjson"):
-        with p.open("rb") as f:
+    if not (p.is_file() and p.suffix in (".jsonl", ".ndjson")):
+        return None
+    with p.open("rb") as f:
+        if max_steps is None or not answer_field:
             return sum(1 for line in f if line.strip())
-    return None
+        from orca_recipe.answers import solution_steps
+
+        return sum(1 for line in f if line.strip() and solution_steps(str(json.loads(line).get(answer_field, "")), answer_format) <= max_steps)
 
 
 def _limited(n: int | None, limit: int | None) -> int | None:
@@ -238,7 +242,7 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
 
     # Seeds ------------------------------------------------------------------
     seeds = recipe.seeds
-    file_rows = count_rows(seeds.path)
+    file_rows = count_rows(seeds.path, seeds.answer_field, seeds.answer_format, seeds.max_solution_steps)
     if not Path(seeds.path).exists():
         warnings.append(f"seeds.path {seeds.path} does not exist yet; `run` will need it")
     seed_rows = _limited(file_rows, seeds.limit)
@@ -281,7 +285,8 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     n_eval = None
     if recipe.eval:
         ev_cfg = recipe.eval.model_dump() | {"data": file_fingerprint(recipe.eval.path)}
-        n_eval = _limited(count_rows(recipe.eval.path), recipe.eval.limit)
+        ev = recipe.eval
+        n_eval = _limited(count_rows(ev.path, ev.answer_field, ev.answer_format, ev.max_solution_steps), ev.limit)
         if not Path(recipe.eval.path).exists():
             warnings.append(f"eval.path {recipe.eval.path} does not exist yet; `run` will need it")
 

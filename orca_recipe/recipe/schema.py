@@ -110,6 +110,9 @@ class Seeds(Strict):
     limit: PositiveInt | None = None
     shuffle: bool = True
     seed: int = 0
+    max_solution_steps: PositiveInt | None = Field(
+        None, description="Keep only problems whose reference solution has at most this many steps (GSM8K: <<calc>> annotations; else non-empty lines)."
+    )
 
 
 class AskMeAnything(Strict):
@@ -221,6 +224,7 @@ class Eval(Strict):
     answer_field: str = "answer"
     answer_format: Literal["gsm8k", "plain"] = "gsm8k"
     limit: PositiveInt | None = None
+    max_solution_steps: PositiveInt | None = Field(None, description="Evaluate only problems with at most this many reference steps.")
     agent: str
     max_tokens: PositiveInt = 512
     checkpoints: Literal["all", "last"] = "all"

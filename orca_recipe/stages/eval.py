@@ -24,7 +24,7 @@ async def run(ctx: StageContext) -> StageResult:
     ev = ctx.recipe.eval
     assert ev is not None
     problems = load_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format,
-                             limit=ev.limit, shuffle=False, seed=0, prefix="eval", key="eval.path")
+                             limit=ev.limit, shuffle=False, seed=0, prefix="eval", key="eval.path", max_steps=ev.max_solution_steps)
     ctx.set_total(len(problems))
 
     async def one(p: Row) -> tuple[Row | None, Row | None]:

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from orca_recipe.answers import gsm8k_gold
+from orca_recipe.answers import gsm8k_gold, solution_steps
 from orca_recipe.errors import UserError
 from orca_recipe.stages.base import Row, StageContext, StageResult
 
@@ -52,11 +52,13 @@ def read_rows(path: str, fmt: str = "auto", *, key: str = "seeds.path") -> list[
 
 
 def load_problems(path: str, fmt: str, question_field: str, answer_field: str | None, answer_format: str,
-                  *, limit: int | None, shuffle: bool, seed: int, prefix: str, key: str) -> list[Row]:
+                  *, limit: int | None, shuffle: bool, seed: int, prefix: str, key: str, max_steps: int | None = None) -> list[Row]:
     raw = read_rows(path, fmt, key=key)
     order = list(range(len(raw)))
     if shuffle:
         random.Random(seed).shuffle(order)
+    if max_steps is not None and answer_field:
+        order = [i for i in order if solution_steps(str(raw[i].get(answer_field, "")), answer_format) <= max_steps]
     if limit is not None:
         order = order[:limit]
     rows = []
@@ -73,7 +75,7 @@ def load_problems(path: str, fmt: str, question_field: str, answer_field: str | 
 async def run(ctx: StageContext) -> StageResult:
     s = ctx.recipe.seeds
     rows = load_problems(s.path, s.format, s.question_field, s.answer_field, s.answer_format,
-                         limit=s.limit, shuffle=s.shuffle, seed=s.seed, prefix="seed", key="seeds.path")
+                         limit=s.limit, shuffle=s.shuffle, seed=s.seed, prefix="seed", key="seeds.path", max_steps=s.max_solution_steps)
     for r in rows:
         r.update(seed_id=r["id"], parent_id=None, origin="seeds", round=0)
     ctx.set_total(len(rows))
