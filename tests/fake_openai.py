@@ -56,6 +56,28 @@ def reply_text(last_user: str, seed, choice: int) -> str:
     return f"echo {_h(last_user)} seed={seed} choice={choice}"
 
 
+def pipeline_reply(last_user: str, seed, choice: int) -> str:
+    """A deterministic reply each orca-recipe role can parse, chosen by the prompt's wording.
+
+    For driving whole stages through the fake endpoint (kills, faults, secrets); the real
+    model runs in the vLLM tests.
+    """
+    h = int(_h(f"{last_user}|{seed}|{choice}"), 16)
+    a, b = 2 + h % 50, 3 + (h >> 8) % 40
+    low = last_user.lower()
+    if "use the same story" in low:
+        return f"1. Sam has {a} marbles and finds {b} more. How many marbles does Sam have now?\n2. A box holds {a} pens; {b} are red. How many pens are not red?"
+    if "suggest" in low and "ways to make it more complex" in low:
+        return "1. Add a second purchase.\n2. Add a discount of 10 percent."
+    if "rewrite the math word problem" in low:
+        return f"Problem: Mia buys {a} apples at 2 dollars each and {b} pears at 3 dollars each. How much does she spend in dollars?"
+    if "final verdict" in low:
+        return "Error Analysis: they match.\nFinal Verdict: " + ("Correct" if h % 2 else "Incorrect")
+    if "verdict" in low:
+        return "Verdict: Solvable"
+    return f"Add the numbers step by step: {a} + {b} = {a + b}.\n#### {a + b}"
+
+
 def _last_user(messages) -> str:
     for m in reversed(messages or []):
         if isinstance(m, dict) and m.get("role") == "user":
@@ -81,6 +103,7 @@ class FakeOpenAI:
         models: Iterable[str] | None = None,
         echo_key: bool = False,
         host: str = "127.0.0.1",
+        responder=reply_text,
     ):
         for f in [fault, *(faults or [])]:
             if f is not None and f not in FAULTS:
@@ -97,6 +120,7 @@ class FakeOpenAI:
         self.models = list(models) if models is not None else None
         self.echo_key = echo_key
         self.host = host
+        self.responder = responder  # (last user message, seed, choice index) -> reply text
 
         self._lock = threading.Lock()
         self._rng = random.Random(fault_seed)
@@ -286,7 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
         if st.ignore_n:
             n = 1
         choices = [
-            {"index": i, "message": {"role": "assistant", "content": reply_text(prompt, seed, i)},
+            {"index": i, "message": {"role": "assistant", "content": st.responder(prompt, seed, i)},
              "finish_reason": "stop", "logprobs": None}
             for i in range(n)
         ]

@@ -61,7 +61,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _child_setup(parent_pid: int):
+def die_with_parent(parent_pid: int):
     """preexec_fn: die (SIGTERM) with the parent; exit at once if it is already gone."""
     libc = None
     if sys.platform.startswith("linux"):
@@ -192,7 +192,7 @@ class VLLMServer:
                 stderr=subprocess.STDOUT,
                 env=self.child_env(),
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
                 close_fds=True,
             )
         except OSError as exc:

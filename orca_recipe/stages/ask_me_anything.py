@@ -10,16 +10,21 @@ _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*(.+?)\s*$")
 
 
 def parse_questions(text: str) -> list[str] | None:
-    """Numbered (or bulleted) lines that read as questions; None when there are none."""
-    out = []
+    """Numbered (or bulleted) lines that read as questions, else any line that is a
+    whole word problem ending in '?'; None when there are none."""
+    numbered, plain = [], []
     for line in text.splitlines():
         m = _NUMBERED.match(line)
-        q = (m.group(1) if m else "").strip().strip('"')
-        if q.lower().startswith("question:"):
-            q = q[len("question:"):].strip()
-        if len(q) >= 15 and "?" in q:
-            out.append(q)
-    return out or None
+        q = (m.group(1) if m else line).strip().strip('"')
+        if q.lower().startswith(("question:", "problem:")):
+            q = q.split(":", 1)[1].strip()
+        if "?" not in q:
+            continue
+        if m and len(q) >= 15:
+            numbered.append(q)
+        elif not m and len(q) >= 40 and any(ch.isdigit() for ch in q):
+            plain.append(q)
+    return numbered or plain or None
 
 
 async def run(ctx: StageContext) -> StageResult:

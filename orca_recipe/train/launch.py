@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from orca_recipe.errors import UserError
+from orca_recipe.llm.local import die_with_parent
 from orca_recipe.recipe.schema import Launcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Calla
         log.flush()
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=train_env(launcher), cwd=config.parent,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent(os.getpid()),  # no orphan trainer if we are killed
         )
         assert proc.stdout is not None
         try:

@@ -1,0 +1,142 @@
+"""The run engine end to end through the CLI, against the fault-injecting fake endpoint.
+
+The fake stands in for a model only where a real one cannot: killing a run mid-stage,
+counting every request the endpoint received, planting a secret. The real model runs in
+test_run_vllm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from _cli import REPO, run_cli
+from fake_openai import FakeOpenAI, pipeline_reply
+
+KEY = "sk-test-PLANTED-9f8e7d"
+
+
+def write_recipe(tmp: Path, api_base: str, *, seeds: int = 6, concurrency: int = 4, key_env: str | None = None) -> Path:
+    """tiny.yaml's generation half, pointed at the fake endpoint."""
+    key_line = f"\n            api_key_env: {key_env}" if key_env else ""
+    p = tmp / "gen.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        extends: {REPO}/recipes/tiny.yaml
+        name: gen
+        models:
+          smol:
+            local: null
+            model: openai/fake
+            api_base: {api_base}
+            concurrency: {concurrency}
+            max_retries: 3{key_line}
+        seeds: {{limit: {seeds}}}
+        evolve: {{limit: {seeds}}}
+        training: null
+        practice: null
+        iterations: 1
+        eval: null
+        filters: {{decontaminate: {{ngram: 13, path: {REPO.parent}/shared/data/gsm8k/test.jsonl}}}}
+        """))
+    return p
+
+
+def read(run_dir: Path, stage: str, name: str = "data.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run_dir / stage / name).read_text().splitlines() if line.strip()]
+
+
+def test_run_writes_datasets_with_lineage_and_a_rerun_is_free(tmp_path):
+    with FakeOpenAI(responder=pipeline_reply) as srv:
+        recipe = write_recipe(tmp_path, srv.api_base)
+        run_dir = tmp_path / "run"
+        first = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter")
+        assert first.returncode == 0, first.stderr + first.stdout
+        paid = srv.ok_requests
+        # 6 seeds: 6 AMA + 6 x 2 rounds x (suggester + editor) + solve(6 seeds + 12 AMA + 6 evolved)
+        assert paid == 6 + 24 + 24
+        second = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter")
+        assert second.returncode == 0, second.stderr
+        assert srv.ok_requests == paid and srv.total_requests == paid  # nothing asked again
+        assert "0 LLM requests made" in second.stdout and second.stdout.count("skipped") >= 5
+
+    from datasets import load_dataset
+
+    solved = load_dataset("json", data_files=str(run_dir / "solve" / "data.jsonl"), split="train")
+    assert len(solved) == 24 and {"id", "question", "solution", "final_answer", "seed_id", "parent_id", "origin"} <= set(solved.column_names)
+    evolved = read(run_dir, "evolve")
+    assert {r["round"] for r in evolved} == {2}
+    assert all(r["parent_id"].endswith("-r1") and r["seed_id"].startswith("seed-") for r in evolved)
+    ama = read(run_dir, "ask_me_anything")
+    assert all(r["parent_id"] == r["seed_id"] for r in ama) and len(ama) == 12
+    m = json.loads((run_dir / "solve" / "manifest.json").read_text())
+    assert m["complete"] and m["rows"] == 24 and m["usage"]["requests"] == 24 and m["usage"]["prompt_tokens"] > 0
+    status = run_cli("status", run_dir)
+    assert status.returncode == 0 and "done" in status.stdout and "not run" not in status.stdout
+
+
+def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
+    concurrency = 4
+    with FakeOpenAI(responder=pipeline_reply, latency=0.15) as srv:
+        recipe = write_recipe(tmp_path, srv.api_base, seeds=12, concurrency=concurrency)
+        clean = run_cli("run", recipe, "--run-dir", tmp_path / "clean", "--until", "solve")
+        assert clean.returncode == 0, clean.stderr
+        unique = srv.ok_requests
+        srv.reset_counters()
+
+        run_dir = tmp_path / "killed"
+        env = dict(os.environ, COLUMNS="120")
+        proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "solve"],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while srv.ok_requests < unique // 2 and time.time() < deadline:  # mid-run, inside a stage
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = srv.ok_requests
+        assert 0 < before < unique
+        finished = sqlite3.connect(run_dir / "requests.sqlite").execute("select count(*) from responses").fetchone()[0] if (run_dir / "requests.sqlite").exists() else 0
+
+        again = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve")
+        assert again.returncode == 0, again.stderr
+        # Every request the cache had finished is answered from it: the endpoint sees only the rest,
+        # plus at most the `concurrency` requests that were in flight when the process died.
+        repaid = srv.ok_requests - unique
+        assert finished > 0 and 0 <= repaid <= concurrency
+        assert srv.ok_requests - before >= unique - finished  # what had not finished was asked for
+        for stage in ("ask_me_anything", "evolve", "solve"):
+            assert read(run_dir, stage) == read(tmp_path / "clean", stage), stage
+
+
+def test_api_key_never_reaches_the_run_directory_or_output(tmp_path):
+    with FakeOpenAI(responder=pipeline_reply, require_key=KEY, echo_key=True) as srv:
+        recipe = write_recipe(tmp_path, srv.api_base, seeds=3, key_env="ORCA_TEST_KEY")
+        run_dir = tmp_path / "run"
+        ok = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter", env={"ORCA_TEST_KEY": KEY})
+        assert ok.returncode == 0, ok.stderr
+        bad = run_cli("run", recipe, "--run-dir", tmp_path / "run2", "--until", "filter", env={"ORCA_TEST_KEY": "sk-wrong-" + KEY[::-1]})
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        missing = run_cli("run", recipe, "--run-dir", tmp_path / "run3", "--until", "filter", env={"ORCA_TEST_KEY": ""})
+        assert missing.returncode == 2 and "ORCA_TEST_KEY" in missing.stderr
+    for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr, missing.stdout, missing.stderr):
+        assert KEY not in text and KEY[::-1] not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert KEY.encode() not in blob and KEY[::-1].encode() not in blob, path
+
+
+def test_unreachable_endpoint_is_one_clear_error(tmp_path):
+    recipe = write_recipe(tmp_path, "http://127.0.0.1:9/v1")
+    proc = run_cli("run", recipe, "--run-dir", tmp_path / "run", "--until", "filter", timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
+    assert "smol" in proc.stderr
