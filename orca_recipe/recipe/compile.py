@@ -209,7 +209,7 @@ def student_model_path(recipe: Recipe) -> str | None:
 
 def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = None) -> Plan:
     prompts = check_references(recipe, loaded)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.name
+    run_dir = (Path(run_dir) if run_dir else Path("runs") / recipe.name).resolve()
     warnings: list[str] = []
 
     def agent_identity(name: str | None) -> Any:

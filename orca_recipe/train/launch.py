@@ -62,6 +62,7 @@ def train_env(launcher: Launcher) -> dict[str, str]:
 
 def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Callable[[int, int], None] | None = None) -> None:
     """Run training to completion; raise UserError with the log's tail if it fails."""
+    config = config.resolve()
     cmd = train_command(config, launcher)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
