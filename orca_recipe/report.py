@@ -43,7 +43,7 @@ def markdown(run_dir: Path) -> str:
     total = sum(m["seconds"] for m in manifests)
     lines += ["", f"Total stage time: {total:.0f} s.", ""]
     if (run_dir / "pass_at_1.png").is_file():
-        lines.append("![pass@1 by stage](pass_at_1.png)")
+        lines.append(f"Plot: {run_dir / 'pass_at_1.png'}")
     return "\n".join(lines) + "\n"
 
 
@@ -57,7 +57,7 @@ def plot(run_dir: Path, evals: list[dict]) -> Path | None:
         return None
     if not evals:
         return None
-    names = [e["stage"].removeprefix("eval_") for e in evals]
+    names = [e["model"] for e in evals]
     p = [100 * e["pass_at_1"] for e in evals]
     err = [[100 * (e["pass_at_1"] - e["ci95"][0]) for e in evals], [100 * (e["ci95"][1] - e["pass_at_1"]) for e in evals]]
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -8,6 +8,7 @@ request cache, so a crash costs time, never money twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import time
@@ -254,7 +255,8 @@ class Runner:
                 folder, identity = self._local_folder(m.local)
                 served = m.local.embedded or Path(folder).name
             api_base = self.pool.api_base(server_key, folder, served, local_args(m.local))
-            endpoints[server_key] = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
+            endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
+            endpoints[server_key] = dataclasses.replace(endpoint, price=(0.0, 0.0))  # our own server: tokens, no bill
         ctx.llm = LLM(endpoints, self._cache)
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel

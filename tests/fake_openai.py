@@ -210,6 +210,9 @@ class FakeOpenAI:
 class _Handler(BaseHTTPRequestHandler):
     server_state: FakeOpenAI
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms a response on Linux), which is the fake's latency, not the client's.
+    disable_nagle_algorithm = True
 
     def log_message(self, format, *args):  # quiet
         pass

@@ -24,11 +24,15 @@ litellm is imported lazily, here only (validate / plan never pay for it).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import email.utils
+import functools
 import json
 import os
 import random
 import re
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -172,6 +176,56 @@ def _litellm():
         litellm.suppress_debug_info = True
         _litellm_mod = litellm
     return _litellm_mod
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-call overhead: litellm's request set-up runs inline, not in a thread
+# ---------------------------------------------------------------------------------------------
+# `litellm.acompletion` runs the synchronous `completion(...)` (parameter mapping, request
+# building; no I/O for OpenAI-compatible providers, the HTTP call itself is a coroutine it
+# returns) through `loop.run_in_executor(None, ...)`. With hundreds of calls in flight that is a
+# thread hop per call onto cpu+4 threads that all fight the event loop for the GIL: on 2 cores it
+# cost ~0.5 ms CPU per call and made every GIL-releasing call on the loop (SQLite) wait. The door
+# installs this executor as its loop's default and, while one of its own calls to an
+# OpenAI-compatible endpoint is being set up, runs exactly that `completion` partial inline.
+# Everything else (asyncio.to_thread, DNS lookups, other providers whose set-up may block)
+# still goes to threads.
+_INLINE_SETUP: contextvars.ContextVar[bool] = contextvars.ContextVar("orca_inline_litellm_setup", default=False)
+_INLINE_PROVIDERS = frozenset({"openai", "hosted_vllm", "custom_openai", "openai_like"})
+
+
+def _is_litellm_completion(fn: Any) -> bool:
+    """``partial(ctx.run, partial(litellm.main.completion, **kwargs))``: what acompletion submits."""
+    if not isinstance(fn, functools.partial) or len(fn.args) != 1 or fn.keywords:
+        return False
+    inner = fn.args[0]
+    main = sys.modules.get("litellm.main")
+    return (isinstance(inner, functools.partial) and main is not None
+            and inner.func is getattr(main, "completion", None) and isinstance(fn.func, type(contextvars.Context().run)))
+
+
+class _LoopExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A ThreadPoolExecutor that runs litellm's synchronous set-up of the door's own calls inline."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        if _INLINE_SETUP.get() and not args and not kwargs and _is_litellm_completion(fn):
+            f: concurrent.futures.Future = concurrent.futures.Future()
+            try:
+                f.set_result(fn())
+            except Exception as e:
+                f.set_exception(e)
+            return f
+        return super().submit(fn, *args, **kwargs)
+
+
+def _install_loop_executor(loop: asyncio.AbstractEventLoop) -> None:
+    """Make `_LoopExecutor` the loop's default executor unless one is already in use (then
+    litellm keeps its thread hop: slower, never wrong)."""
+    if getattr(loop, "_default_executor", None) is None:
+        try:
+            loop.set_default_executor(_LoopExecutor(thread_name_prefix="orca-llm"))
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,6 +453,7 @@ class LLM:
         self._ever_ok: set[str] = set()
         self._ignores_n: set[str] = set()
         self._known_price: dict[str, bool] = {}
+        self._inline: dict[str, bool] = {}  # endpoint -> litellm's set-up runs inline (_LoopExecutor)
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -416,6 +471,7 @@ class LLM:
         if loop is not self._loop:
             self._loop = loop
             self._states = {}
+            _install_loop_executor(loop)
         st = self._states.get(ep.name)
         if st is None:
             st = self._states[ep.name] = _LoopState(ep)
@@ -468,6 +524,7 @@ class LLM:
         """Fail early and clearly: key variable set, provider known, endpoint reachable, key
         accepted and model served (for endpoints with an api_base, via GET {api_base}/models)."""
         ep = self._endpoint(name)
+        self._state(ep)  # adopt this loop first (its default executor; see _LoopExecutor)
         self._raise_if_fatal(ep)
         if ep.api_key_env and not os.environ.get(ep.api_key_env):
             raise self._fail_endpoint(ep, self._missing_key_message(ep))
@@ -536,6 +593,13 @@ class LLM:
         st = self._state(ep)
         n = int(params.get("n", 1))
         estimate = _estimate_prompt_tokens(messages) + n * int(params.get("max_tokens") or DEFAULT_MAX_TOKENS_ESTIMATE)
+        inline = self._inline.get(ep.name)
+        if inline is None:
+            try:
+                provider = litellm.get_llm_provider(ep.litellm_model, api_base=ep.api_base)[1]
+            except Exception:
+                provider = None
+            inline = self._inline[ep.name] = provider in _INLINE_PROVIDERS
         attempt = 0
         while True:
             self._raise_if_fatal(ep)
@@ -547,6 +611,7 @@ class LLM:
                     await st.rpm.acquire(1)
                 if st.tpm:
                     await st.tpm.acquire(estimate)
+                token = _INLINE_SETUP.set(inline)
                 try:
                     resp = await litellm.acompletion(
                         model=ep.litellm_model, messages=messages, api_base=ep.api_base, api_key=api_key,
@@ -557,6 +622,8 @@ class LLM:
                     raise
                 except Exception as e:  # classified below, outside the except block (no key-bearing context)
                     err = e
+                finally:
+                    _INLINE_SETUP.reset(token)
             if err is None:
                 self._ever_ok.add(ep.name)
                 if st.tpm:

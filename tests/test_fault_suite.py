@@ -1,0 +1,195 @@
+"""The fault suite: a whole generation run through the CLI against an endpoint that fails 30%
+of all attempts, in every way an endpoint fails (429 with Retry-After, 500, 503, connection
+reset, a hang past the client timeout, a truncated body, a non-JSON body, no choices).
+
+What must hold:
+- the run completes, and every row is accounted for: in the stage's output, or in its rejects
+  or failures table with a reason (inputs == outputs + rejects + failures, stage by stage);
+- no request is paid for twice: the endpoint's successful answers per (prompt, seed) are at most 1;
+- a SIGKILL in the middle of a stage and a rerun give the same datasets as an uninterrupted
+  run, and the endpoint's own counts show nothing that had finished was asked for again
+  (beyond the `concurrency` requests that were in flight at the kill).
+
+tests/test_run_fake.py has the fault-free versions; this file adds the faults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from _cli import REPO, run_cli
+from fake_openai import FakeOpenAI, pipeline_reply
+
+FAULTS = ["429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty"]
+SEEDS = 40
+CONCURRENCY = 16
+STAGES = ("ask_me_anything", "evolve", "solve", "filter")
+
+
+def fault_recipe(tmp: Path, api_base: str) -> Path:
+    """tiny.yaml's generation half on the faulty endpoint: a short timeout (the hang fault) and
+    10 retries, so a request fails for good with odds 0.3**11 (about 2e-6)."""
+    p = tmp / "faulty.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        extends: {REPO}/recipes/tiny.yaml
+        name: faulty
+        models:
+          smol:
+            local: null
+            model: openai/fake
+            api_base: {api_base}
+            concurrency: {CONCURRENCY}
+            timeout_s: 1.0
+            max_retries: 10
+        seeds: {{limit: {SEEDS}}}
+        evolve: {{limit: {SEEDS}}}
+        training: null
+        practice: null
+        iterations: 1
+        eval: null
+        filters: {{decontaminate: {{ngram: 13, path: {REPO.parent}/shared/data/gsm8k/test.jsonl}}}}
+        """))
+    return p
+
+
+def faulty_server(seed: int) -> FakeOpenAI:
+    return FakeOpenAI(responder=pipeline_reply, fault_rate=0.3, faults=FAULTS, fault_seed=seed,
+                      retry_after=0, hang_s=2.5)
+
+
+def read(run_dir: Path, stage: str, name: str = "data.jsonl") -> list[dict]:
+    path = run_dir / stage / name
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def manifest(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+def assert_nothing_lost(run_dir: Path) -> dict[str, int]:
+    """Stage by stage: every input is an output row, a reject or a failure, each with a reason."""
+    seeds = read(run_dir, "seeds")
+    assert len(seeds) == SEEDS
+
+    for stage in STAGES:
+        m = manifest(run_dir, stage)
+        rows, rejects, failures = read(run_dir, stage), read(run_dir, stage, "rejects.jsonl"), read(run_dir, stage, "failures.jsonl")
+        assert m["complete"] and (m["rows"], m["rejects"], m["failures"]) == (len(rows), len(rejects), len(failures)), stage
+        assert m["usage"]["failures"] >= len([f for f in failures if f["reason"].startswith("llm:")]), stage
+        assert all(r.get("reason") for r in rejects + failures), stage
+
+    # ask_me_anything: each seed gave its questions or is a failure row (the fake always gives 2)
+    ama, ama_fail = read(run_dir, "ask_me_anything"), read(run_dir, "ask_me_anything", "failures.jsonl")
+    by_parent = Counter(r["parent_id"] for r in ama)
+    assert set(by_parent) | {f["id"] for f in ama_fail} == {s["id"] for s in seeds}
+    assert not set(by_parent) & {f["id"] for f in ama_fail}
+    assert all(v == 2 for v in by_parent.values())
+
+    # evolve (2 rounds, last kept): each seed's lineage ends in a round-2 row or a failure row
+    evo = read(run_dir, "evolve")
+    evo_out = evo + read(run_dir, "evolve", "rejects.jsonl") + read(run_dir, "evolve", "failures.jsonl")
+    roots = Counter(r["id"].removeprefix("evo-").rsplit("-r", 1)[0] for r in evo_out)
+    assert set(roots) == {s["id"] for s in seeds} and all(v == 1 for v in roots.values()), roots
+    assert all(r["round"] == 2 for r in evo)
+
+    # solve: inputs == rows + rejects + failures, as a partition of the problem ids
+    problems = [r["id"] for r in seeds + ama + evo]
+    solved = [r["id"] for stage_file in ("data.jsonl", "rejects.jsonl", "failures.jsonl") for r in read(run_dir, "solve", stage_file)]
+    assert sorted(solved) == sorted(problems)
+
+    # filter: every solved row is kept or rejected with its reason
+    filtered = [r["id"] for f in ("data.jsonl", "rejects.jsonl", "failures.jsonl") for r in read(run_dir, "filter", f)]
+    assert sorted(filtered) == sorted(r["id"] for r in read(run_dir, "solve"))
+
+    return {s: manifest(run_dir, s)["failures"] for s in STAGES}
+
+
+def assert_no_success_repaid(srv: FakeOpenAI, allowance: int = 0) -> None:
+    """At most one successful answer per (prompt, seed); `allowance` keys may have two (the
+    requests in flight when a run was killed: answered, but the process died before storing)."""
+    twice = {k: v for k, v in srv.ok_by_prompt_seed.items() if v > 1}
+    assert all(v == 2 for v in twice.values()) and len(twice) <= allowance, twice
+
+
+def test_faults_at_30_percent_lose_nothing_and_repay_nothing(tmp_path):
+    with faulty_server(seed=1) as srv:
+        recipe = fault_recipe(tmp_path, srv.api_base)
+        run_dir = tmp_path / "run"
+        proc = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter", timeout=300)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert "Traceback" not in proc.stderr
+
+        # every fault kind was served, and the run retried through them
+        assert set(srv.faults_served) == set(FAULTS), srv.faults_served
+        faults = sum(srv.faults_served.values())
+        assert 0.2 < faults / srv.total_requests < 0.4
+        assert srv.ok_requests + faults == srv.total_requests
+        retries = sum(manifest(run_dir, s)["usage"]["retries"] for s in STAGES)
+        assert retries >= faults - sum(manifest(run_dir, s)["usage"]["failures"] for s in STAGES) * 11
+
+        failures = assert_nothing_lost(run_dir)
+        assert sum(failures.values()) <= 1, failures  # 0.3**11 per request: nearly every request gets through
+        assert_no_success_repaid(srv)
+        paid = sum(manifest(run_dir, s)["usage"]["requests"] for s in STAGES)
+        assert paid == srv.ok_requests  # every answer the endpoint gave was stored and counted once
+
+        # a rerun is free: nothing asked again, not even a faulty attempt
+        before = srv.total_requests
+        again = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter")
+        assert again.returncode == 0, again.stderr
+        assert srv.total_requests == before and "0 LLM requests made" in again.stdout
+
+
+def test_sigkill_mid_stage_with_faults_then_rerun_matches_uninterrupted_run(tmp_path):
+    with faulty_server(seed=2) as srv:
+        recipe = fault_recipe(tmp_path, srv.api_base)
+        clean_dir = tmp_path / "clean"
+        clean = run_cli("run", recipe, "--run-dir", clean_dir, "--until", "solve", timeout=300)
+        assert clean.returncode == 0, clean.stderr
+        unique = srv.ok_requests
+        assert_no_success_repaid(srv)
+        srv.reset_counters()
+
+        run_dir = tmp_path / "killed"
+        env = dict(os.environ, COLUMNS="120")
+        proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "solve"],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while srv.ok_requests < unique // 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = srv.ok_requests
+        assert 0 < before < unique, (before, unique)
+        # killed inside a stage: some stage has started (its requests are cached) but is not complete
+        done = [s for s in ("ask_me_anything", "evolve", "solve") if (run_dir / s / "manifest.json").exists()]
+        assert len(done) < 3
+        db = sqlite3.connect(run_dir / "requests.sqlite")
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+        finished = db.execute("select count(*) from responses").fetchone()[0]
+        db.close()
+        assert finished > 0
+
+        again = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve", timeout=300)
+        assert again.returncode == 0, again.stderr
+        # what the cache had finished was not asked for again; only the requests in flight at the
+        # kill (answered, not yet stored) may have been paid a second time
+        repaid = srv.ok_requests - unique
+        assert 0 <= repaid <= CONCURRENCY, (repaid, srv.ok_requests, unique)
+        assert_no_success_repaid(srv, allowance=CONCURRENCY)
+        assert srv.ok_requests - before >= unique - finished
+        for stage in ("seeds", "ask_me_anything", "evolve", "solve"):
+            assert read(run_dir, stage) == read(clean_dir, stage), stage
+            # failures (a request failing 11 times in a row) are random; with none, the outputs are whole
+            assert len(read(run_dir, stage, "failures.jsonl")) == len(read(clean_dir, stage, "failures.jsonl")) == 0, stage
