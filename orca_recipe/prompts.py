@@ -47,10 +47,12 @@ class Prompt:
     def render(self, **variables: Any) -> str:
         try:
             return _ENV.from_string(self.source).render(**variables).strip()
-        except jinja2.exceptions.SecurityError as e:
+        except (jinja2.exceptions.SecurityError, OverflowError) as e:  # the sandbox's unsafe-call and range limits
             raise UserError(f"template blocked by the sandbox: {e}", where=self.origin) from None
         except jinja2.UndefinedError as e:
             raise UserError(f"template uses an undefined value: {e.message}", where=self.origin) from None
+        except jinja2.TemplateError as e:
+            raise UserError(f"template error: {e}", where=self.origin) from None
 
 
 def load_prompt(path: str | None, inline: str | None, *, key: str, where: str | None) -> Prompt:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from _cli import REPO, run_cli
 
@@ -64,7 +62,7 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 def test_tab_indentation(tmp_path):
     p = write(tmp_path, good_recipe().replace("  limit: 4", "\tlimit: 4"))
-    msg = assert_user_error(run_cli("validate", p), f"{p}:12:", "tab")
+    assert_user_error(run_cli("validate", p), f"{p}:12:", "tab")
 
 
 def test_empty_file(tmp_path):
@@ -83,7 +81,7 @@ def test_missing_file(tmp_path):
 
 def test_unknown_key_did_you_mean(tmp_path):
     p = write(tmp_path, good_recipe().replace("  limit: 4", "  limitt: 4"))
-    msg = assert_user_error(run_cli("validate", p), f"{p}:12:3", "seeds.limitt", "did you mean 'limit'")
+    assert_user_error(run_cli("validate", p), f"{p}:12:3", "seeds.limitt", "did you mean 'limit'")
 
 
 def test_unknown_nested_key_in_dict_of_models(tmp_path):

@@ -17,7 +17,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from _cli import REPO, run_cli
 from fake_openai import FakeOpenAI, pipeline_reply

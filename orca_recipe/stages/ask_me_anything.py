@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
+from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*(.+?)\s*$")
 
@@ -32,8 +32,6 @@ async def run(ctx: StageContext) -> StageResult:
     assert cfg is not None
     seeds = ctx.inputs["seeds"]
     ctx.set_total(len(seeds))
-    rows: list[Row] = []
-    failures: list[Row] = []
 
     async def one(seed: Row) -> tuple[list[Row], Row | None]:
         try:
@@ -50,8 +48,5 @@ async def run(ctx: StageContext) -> StageResult:
         ]
         return out, None
 
-    for out, fail in await map_bounded(seeds, one, ctx.extra["parallel"]):
-        rows.extend(out)
-        if fail:
-            failures.append(fail)
+    rows, failures = collect(await map_bounded(seeds, one, ctx.extra["parallel"]))
     return StageResult(rows=rows, failures=failures, report={"seeds": len(seeds), "questions": len(rows)})

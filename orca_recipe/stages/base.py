@@ -111,5 +111,22 @@ async def map_bounded(items: Iterable[T], fn: Callable[[T], Awaitable[R]], limit
     return results
 
 
+def collect(results: list[tuple[Any, Row | None]]) -> tuple[list[Row], list[Row]]:
+    """Split per-item (output, failure) pairs into the stage's rows and its failures table.
+
+    An output is one row, a list of rows, or None when the item failed.
+    """
+    rows: list[Row] = []
+    failures: list[Row] = []
+    for out, fail in results:
+        if isinstance(out, list):
+            rows.extend(out)
+        elif out is not None:
+            rows.append(out)
+        if fail is not None:
+            failures.append(fail)
+    return rows, failures
+
+
 def failure_row(row_id: str, stage: str, reason: str, **extra: Any) -> Row:
     return {"id": row_id, "stage": stage, "reason": reason, **extra}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from orca_recipe.answers import equivalent, extract_final
-from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
+from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 from orca_recipe.stages.seeds import load_problems
 
 
@@ -38,12 +38,7 @@ async def run(ctx: StageContext) -> StageResult:
         ok = equivalent(ans, p["gold"]) is True
         return {"id": p["id"], "question": p["question"], "gold": p["gold"], "response": comp.text.strip(), "answer": ans, "answer_extraction": how, "correct": ok}, None
 
-    rows, failures = [], []
-    for row, fail in await map_bounded(problems, one, ctx.extra.get("parallel", 16)):
-        if row:
-            rows.append(row)
-        if fail:
-            failures.append(fail)
+    rows, failures = collect(await map_bounded(problems, one, ctx.extra.get("parallel", 16)))
     n = len(problems)  # a failed request counts as wrong: pass@1 is over the whole eval set
     correct = sum(r["correct"] for r in rows)
     lo, hi = wilson(correct, n)

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 
 from orca_recipe.answers import equivalent
-from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
+from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 _VERDICT = re.compile(r"final\s+verdict\s*:?\s*\**\s*(correct|incorrect)", re.IGNORECASE)
 
@@ -53,12 +53,7 @@ async def run(ctx: StageContext) -> StageResult:
         return s | {"correct": bool(verdict), "judged_by": by, "exact_verdict": exact, "llm_verdict": llm_verdict,
                     "reference_answer": ref["final_answer"]}, None
 
-    rows, failures = [], []
-    for row, fail in await map_bounded(samples, one, ctx.extra.get("parallel", 16)):
-        if row:
-            rows.append(row)
-        if fail:
-            failures.append(fail)
+    rows, failures = collect(await map_bounded(samples, one, ctx.extra.get("parallel", 16)))
     both = [r for r in rows if r["exact_verdict"] is not None and r["llm_verdict"] is not None]
     report = {
         "samples": len(samples), "correct": sum(r["correct"] for r in rows),

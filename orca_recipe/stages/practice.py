@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orca_recipe.answers import extract_final
-from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
+from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 
 async def run(ctx: StageContext) -> StageResult:
@@ -32,9 +32,5 @@ async def run(ctx: StageContext) -> StageResult:
             })
         return out, None
 
-    rows, failures = [], []
-    for out, fail in await map_bounded(problems, one, ctx.extra["parallel"]):
-        rows.extend(out)
-        if fail:
-            failures.append(fail)
+    rows, failures = collect(await map_bounded(problems, one, ctx.extra["parallel"]))
     return StageResult(rows=rows, failures=failures, report={"problems": len(problems), "samples": len(rows)})
