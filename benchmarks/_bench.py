@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import FakeOpenAI, pipeline_reply  # noqa: E402
+
+__all__ = ["ENV", "PYTHON", "REPO", "EndpointWatch", "FakeOpenAI", "busy_note", "gen_recipe", "machine",
+           "pipeline_reply", "run_cli"]
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True", COLUMNS="200", NO_COLOR="1")
 PYTHON = sys.executable
@@ -56,12 +60,61 @@ def busy_note() -> str:
     return "; ".join(busy)
 
 
+class EndpointWatch:
+    """Watches a FakeOpenAI every 2 ms from a thread: when the first request arrived, when the
+    last good answer went out, and how many requests were in flight (Little's law: a client
+    that keeps up holds ~C in flight). Tool-agnostic: it sees only the endpoint."""
+
+    def __init__(self, srv: FakeOpenAI):
+        self.srv = srv
+        self.first: float | None = None
+        self.last_ok: float | None = None
+        self.in_flight: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        ok = self.srv.ok_requests
+        while not self._stop.wait(0.002):
+            now = time.perf_counter()
+            if self.first is None and self.srv.total_requests:
+                self.first = now
+            if self.srv.ok_requests != ok:
+                ok, self.last_ok = self.srv.ok_requests, now
+            if self.first is not None:
+                self.in_flight.append(self.srv.in_flight)
+
+    def __enter__(self) -> "EndpointWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def window(self) -> float:
+        """Seconds from the first request's arrival to the last good answer."""
+        return (self.last_ok - self.first) if self.first is not None and self.last_ok is not None else float("nan")
+
+    @property
+    def mean_in_flight(self) -> float:
+        xs = list(self.in_flight)
+        while xs and xs[-1] == 0:
+            xs.pop()
+        return sum(xs) / len(xs) if xs else 0.0
+
+
 def gen_recipe(path: Path, api_base: str, *, seeds: int, concurrency: int, evolve: int | None = None,
-               max_retries: int = 3, timeout_s: float | None = None, ama: bool = False) -> Path:
-    """recipes/tiny.yaml's generation half pointed at `api_base` (as tests/test_run_fake.py does)."""
+               max_retries: int = 3, timeout_s: float | None = None, ama: bool = False, solve_only: bool = False) -> Path:
+    """recipes/tiny.yaml's generation half pointed at `api_base` (as tests/test_run_fake.py does).
+    Default stages: seeds, evolve, solve (seeds + evolved), filter; `ama` adds ask_me_anything;
+    `solve_only` keeps seeds and solve (one solver request per seed)."""
     extra = f"\n            timeout_s: {timeout_s}" if timeout_s else ""
     ama_block = "" if ama else "ask_me_anything: null\n"
     inputs = "[seeds, ask_me_anything, evolve]" if ama else "[seeds, evolve]"
+    if solve_only:
+        ama_block, inputs = "ask_me_anything: null\nevolve: null\n", "[seeds]"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(f"""\
         extends: {REPO}/recipes/tiny.yaml
@@ -74,14 +127,13 @@ def gen_recipe(path: Path, api_base: str, *, seeds: int, concurrency: int, evolv
             concurrency: {concurrency}
             max_retries: {max_retries}{extra}
         seeds: {{limit: {seeds}, max_solution_steps: null}}
-        evolve: {{limit: {evolve if evolve is not None else seeds}}}
         solve: {{inputs: {inputs}}}
         training: null
         practice: null
         iterations: 1
         eval: null
         filters: {{dedup: null, decontaminate: null}}
-        """) + ama_block)
+        """) + ama_block + ("" if solve_only else f"evolve: {{limit: {evolve if evolve is not None else seeds}}}\n"))
     return path
 
 

@@ -8,6 +8,7 @@ an hour of paid calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ _ENV = ImmutableSandboxedEnvironment(
 )
 
 
+_compiled = lru_cache(maxsize=512)(_ENV.from_string)  # one compile per template text, not per call
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A loaded template: its source text (fingerprinted) and where it came from."""
@@ -46,7 +50,7 @@ class Prompt:
 
     def render(self, **variables: Any) -> str:
         try:
-            return _ENV.from_string(self.source).render(**variables).strip()
+            return _compiled(self.source).render(**variables).strip()
         except (jinja2.exceptions.SecurityError, OverflowError) as e:  # the sandbox's unsafe-call and range limits
             raise UserError(f"template blocked by the sandbox: {e}", where=self.origin) from None
         except jinja2.UndefinedError as e:

@@ -198,7 +198,8 @@ class Runner:
             ctx.set_total = lambda n: progress.update(task, total=n)
             ctx.advance = lambda n=1: progress.advance(task, n)
             if stage.agents:
-                self._attach_llm(ctx)
+                self._attach_llm(ctx)  # may start a vLLM server: timed apart from the work
+            startup = time.monotonic() - t0
             result: StageResult = asyncio.run(self._run_async(ctx))
             progress.update(task, usage=usage)
         seconds = time.monotonic() - t0
@@ -209,7 +210,7 @@ class Runner:
             "stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint, "complete": True,
             "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs},
             "rows": len(result.rows), "rejects": len(result.rejects), "failures": len(result.failures),
-            "started": started, "seconds": round(seconds, 3),
+            "started": started, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
             "usage": usage.__dict__, "report": result.report,
             "files": {"data": "data.jsonl", "rejects": "rejects.jsonl", "failures": "failures.jsonl"},
         }

@@ -128,6 +128,9 @@ class FakeOpenAI:
         self.attempts_by_body: Counter[str] = Counter()   # sha of the request body -> attempts
         self.requests_by_prompt_seed: Counter[tuple[str, object]] = Counter()  # (last user msg, seed)
         self.ok_by_prompt_seed: Counter[tuple[str, object]] = Counter()
+        # good answers the client had already given up on (it closed the connection, e.g. its
+        # timeout fired under load): answered here, never received there
+        self.undelivered_by_prompt_seed: Counter[tuple[str, object]] = Counter()
         self.total_requests = 0      # chat completion attempts received
         self.ok_requests = 0         # answered with a good completion
         self.faults_served: Counter[str] = Counter()
@@ -184,11 +187,17 @@ class FakeOpenAI:
             return sum(v for (p, s), v in self.requests_by_prompt_seed.items()
                        if p == prompt and (seed is None or s == seed))
 
+    def delivered_by_prompt_seed(self) -> Counter:
+        """Good answers that reached the client (answered minus undelivered), per (prompt, seed)."""
+        with self._lock:
+            return self.ok_by_prompt_seed - self.undelivered_by_prompt_seed
+
     def reset_counters(self) -> None:
         with self._lock:
             self.attempts_by_body.clear()
             self.requests_by_prompt_seed.clear()
             self.ok_by_prompt_seed.clear()
+            self.undelivered_by_prompt_seed.clear()
             self.faults_served.clear()
             self.total_requests = self.ok_requests = self.max_in_flight = 0
             self.model_list_requests = 0
@@ -322,12 +331,17 @@ class _Handler(BaseHTTPRequestHandler):
         with st._lock:
             st.ok_requests += 1
             st.ok_by_prompt_seed[(prompt, seed)] += 1
-        self._json(200, {
-            "id": "chatcmpl-" + body_key[:16], "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        try:
+            self._json(200, {
+                "id": "chatcmpl-" + body_key[:16], "object": "chat.completion", "created": int(time.time()),
+                "model": model, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+            })
+        except (BrokenPipeError, ConnectionResetError):
+            with st._lock:
+                st.undelivered_by_prompt_seed[(prompt, seed)] += 1
+            self.close_connection = True
 
     def _fault(self, st: FakeOpenAI, fault: str, model) -> None:
         if fault == "429":

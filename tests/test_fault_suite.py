@@ -5,7 +5,8 @@ reset, a hang past the client timeout, a truncated body, a non-JSON body, no cho
 What must hold:
 - the run completes, and every row is accounted for: in the stage's output, or in its rejects
   or failures table with a reason (inputs == outputs + rejects + failures, stage by stage);
-- no request is paid for twice: the endpoint's successful answers per (prompt, seed) are at most 1;
+- no request is paid for twice: the endpoint's good answers delivered per (prompt, seed) are at
+  most 1 (an answer the client had already timed out on was never received: not a repayment);
 - a SIGKILL in the middle of a stage and a rerun give the same datasets as an uninterrupted
   run, and the endpoint's own counts show nothing that had finished was asked for again
   (beyond the `concurrency` requests that were in flight at the kill).
@@ -24,6 +25,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,7 @@ def fault_recipe(tmp: Path, api_base: str) -> Path:
             model: openai/fake
             api_base: {api_base}
             concurrency: {CONCURRENCY}
-            timeout_s: 1.0
+            timeout_s: 2.0
             max_retries: 10
         seeds: {{limit: {SEEDS}}}
         evolve: {{limit: {SEEDS}}}
@@ -61,11 +63,6 @@ def fault_recipe(tmp: Path, api_base: str) -> Path:
         filters: {{decontaminate: {{ngram: 13, path: {REPO.parent}/shared/data/gsm8k/test.jsonl}}}}
         """))
     return p
-
-
-def faulty_server(seed: int) -> FakeOpenAI:
-    return FakeOpenAI(responder=pipeline_reply, fault_rate=0.3, faults=FAULTS, fault_seed=seed,
-                      retry_after=0, hang_s=2.5)
 
 
 def read(run_dir: Path, stage: str, name: str = "data.jsonl") -> list[dict]:
@@ -115,81 +112,115 @@ def assert_nothing_lost(run_dir: Path) -> dict[str, int]:
     return {s: manifest(run_dir, s)["failures"] for s in STAGES}
 
 
-def assert_no_success_repaid(srv: FakeOpenAI, allowance: int = 0) -> None:
-    """At most one successful answer per (prompt, seed); `allowance` keys may have two (the
-    requests in flight when a run was killed: answered, but the process died before storing)."""
-    twice = {k: v for k, v in srv.ok_by_prompt_seed.items() if v > 1}
+def assert_no_success_repaid(srv: "FakeOpenAI | Counts", allowance: int = 0) -> None:
+    """At most one good answer delivered per (prompt, seed); `allowance` keys may have two (the
+    requests in flight when a run was killed: delivered, but the process died before storing).
+
+    An answer the client had already given up on (its timeout fired first, as happens on a
+    starved CI machine: the write fails with a broken pipe) was never received, so asking
+    again is a retry of a failed request, not a repaid success; the fake counts those apart.
+    """
+    delivered = srv.delivered_by_prompt_seed()
+    twice = {k: v for k, v in delivered.items() if v > 1}
     assert all(v == 2 for v in twice.values()) and len(twice) <= allowance, twice
+    undelivered = sum(srv.undelivered_by_prompt_seed.values())
+    assert undelivered <= max(5, srv.ok_requests // 20), undelivered  # rare, or the timeout is wrong
 
 
-def test_faults_at_30_percent_lose_nothing_and_repay_nothing(tmp_path):
-    with faulty_server(seed=1) as srv:
-        recipe = fault_recipe(tmp_path, srv.api_base)
-        run_dir = tmp_path / "run"
-        proc = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter", timeout=300)
+@dataclass
+class Counts:
+    """The endpoint's counters after the uninterrupted run."""
+
+    total_requests: int
+    ok_requests: int
+    faults_served: Counter
+    ok_by_prompt_seed: Counter
+    undelivered_by_prompt_seed: Counter
+
+    def delivered_by_prompt_seed(self) -> Counter:
+        return self.ok_by_prompt_seed - self.undelivered_by_prompt_seed
+
+
+@dataclass
+class Faulty:
+    srv: FakeOpenAI
+    recipe: Path
+    clean_dir: Path
+    clean: Counts
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """One faulty endpoint and one uninterrupted run through it (the reference for both tests)."""
+    tmp = tmp_path_factory.mktemp("faults")
+    with FakeOpenAI(responder=pipeline_reply, fault_rate=0.3, faults=FAULTS, fault_seed=1, retry_after=0, hang_s=4) as srv:
+        recipe = fault_recipe(tmp, srv.api_base)
+        clean_dir = tmp / "clean"
+        proc = run_cli("run", recipe, "--run-dir", clean_dir, "--until", "filter", timeout=300)
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert "Traceback" not in proc.stderr
-
-        # every fault kind was served, and the run retried through them
-        assert set(srv.faults_served) == set(FAULTS), srv.faults_served
-        faults = sum(srv.faults_served.values())
-        assert 0.2 < faults / srv.total_requests < 0.4
-        assert srv.ok_requests + faults == srv.total_requests
-        retries = sum(manifest(run_dir, s)["usage"]["retries"] for s in STAGES)
-        assert retries >= faults - sum(manifest(run_dir, s)["usage"]["failures"] for s in STAGES) * 11
-
-        failures = assert_nothing_lost(run_dir)
-        assert sum(failures.values()) <= 1, failures  # 0.3**11 per request: nearly every request gets through
-        assert_no_success_repaid(srv)
-        paid = sum(manifest(run_dir, s)["usage"]["requests"] for s in STAGES)
-        assert paid == srv.ok_requests  # every answer the endpoint gave was stored and counted once
-
-        # a rerun is free: nothing asked again, not even a faulty attempt
-        before = srv.total_requests
-        again = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter")
-        assert again.returncode == 0, again.stderr
-        assert srv.total_requests == before and "0 LLM requests made" in again.stdout
+        with srv._lock:
+            counts = Counts(srv.total_requests, srv.ok_requests, Counter(srv.faults_served),
+                            Counter(srv.ok_by_prompt_seed), Counter(srv.undelivered_by_prompt_seed))
+        yield Faulty(srv, recipe, clean_dir, counts)
 
 
-def test_sigkill_mid_stage_with_faults_then_rerun_matches_uninterrupted_run(tmp_path):
-    with faulty_server(seed=2) as srv:
-        recipe = fault_recipe(tmp_path, srv.api_base)
-        clean_dir = tmp_path / "clean"
-        clean = run_cli("run", recipe, "--run-dir", clean_dir, "--until", "solve", timeout=300)
-        assert clean.returncode == 0, clean.stderr
-        unique = srv.ok_requests
-        assert_no_success_repaid(srv)
-        srv.reset_counters()
+def test_faults_at_30_percent_lose_nothing_and_repay_nothing(faulty):
+    c, run_dir = faulty.clean, faulty.clean_dir
+    # every fault kind was served, about 30% of all attempts, and the run retried through them
+    assert set(c.faults_served) == set(FAULTS), c.faults_served
+    faults = sum(c.faults_served.values())
+    assert 0.2 < faults / c.total_requests < 0.4, (faults, c.total_requests)
+    assert c.ok_requests + faults == c.total_requests
+    usage = [manifest(run_dir, s)["usage"] for s in STAGES]
+    assert sum(u["retries"] for u in usage) >= faults - 11 * sum(u["failures"] for u in usage)
 
-        run_dir = tmp_path / "killed"
-        env = dict(os.environ, COLUMNS="120")
-        proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "solve"],
-                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while srv.ok_requests < unique // 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        before = srv.ok_requests
-        assert 0 < before < unique, (before, unique)
-        # killed inside a stage: some stage has started (its requests are cached) but is not complete
-        done = [s for s in ("ask_me_anything", "evolve", "solve") if (run_dir / s / "manifest.json").exists()]
-        assert len(done) < 3
-        db = sqlite3.connect(run_dir / "requests.sqlite")
-        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
-        finished = db.execute("select count(*) from responses").fetchone()[0]
-        db.close()
-        assert finished > 0
+    failures = assert_nothing_lost(run_dir)
+    assert sum(failures.values()) <= 1, failures  # 0.3**11 per request: nearly every request gets through
+    assert_no_success_repaid(c)
+    # every answer that reached the client was stored and counted once
+    assert sum(u["requests"] for u in usage) == sum(c.delivered_by_prompt_seed().values())
 
-        again = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve", timeout=300)
-        assert again.returncode == 0, again.stderr
-        # what the cache had finished was not asked for again; only the requests in flight at the
-        # kill (answered, not yet stored) may have been paid a second time
-        repaid = srv.ok_requests - unique
-        assert 0 <= repaid <= CONCURRENCY, (repaid, srv.ok_requests, unique)
-        assert_no_success_repaid(srv, allowance=CONCURRENCY)
-        assert srv.ok_requests - before >= unique - finished
-        for stage in ("seeds", "ask_me_anything", "evolve", "solve"):
-            assert read(run_dir, stage) == read(clean_dir, stage), stage
-            # failures (a request failing 11 times in a row) are random; with none, the outputs are whole
-            assert len(read(run_dir, stage, "failures.jsonl")) == len(read(clean_dir, stage, "failures.jsonl")) == 0, stage
+    # a rerun is free: nothing is asked again, not even a faulty attempt
+    faulty.srv.reset_counters()
+    again = run_cli("run", faulty.recipe, "--run-dir", run_dir, "--until", "filter")
+    assert again.returncode == 0, again.stderr
+    assert faulty.srv.total_requests == 0 and "0 LLM requests made" in again.stdout
+
+
+def test_sigkill_mid_stage_with_faults_then_rerun_matches_uninterrupted_run(faulty, tmp_path):
+    srv, unique = faulty.srv, faulty.clean.ok_requests - sum(faulty.clean.undelivered_by_prompt_seed.values())
+    srv.reset_counters()
+    run_dir = tmp_path / "killed"
+    env = dict(os.environ, COLUMNS="120")
+    proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(faulty.recipe), "--run-dir", str(run_dir), "--until", "filter"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while srv.ok_requests < unique // 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = sum(srv.delivered_by_prompt_seed().values())
+    assert 0 < before < unique, (before, unique)
+    # killed inside a stage: not every LLM stage is complete
+    assert not all((run_dir / s / "manifest.json").exists() for s in ("ask_me_anything", "evolve", "solve"))
+    db = sqlite3.connect(run_dir / "requests.sqlite")
+    assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    finished = db.execute("select count(*) from responses").fetchone()[0]
+    db.close()
+    assert finished > 0
+
+    again = run_cli("run", faulty.recipe, "--run-dir", run_dir, "--until", "filter", timeout=300)
+    assert again.returncode == 0, again.stderr
+    # what the cache had finished was not asked for again; only the requests in flight at the
+    # kill (delivered, not yet stored) may have been paid a second time
+    delivered = sum(srv.delivered_by_prompt_seed().values())
+    assert 0 <= delivered - unique <= CONCURRENCY, (delivered, unique)
+    assert_no_success_repaid(srv, allowance=CONCURRENCY)
+    assert delivered - before >= unique - finished  # what had not finished was asked for
+    for stage in ("seeds", *STAGES):
+        assert read(run_dir, stage) == read(faulty.clean_dir, stage), stage
+        for table in ("rejects.jsonl", "failures.jsonl"):
+            assert read(run_dir, stage, table) == read(faulty.clean_dir, stage, table), (stage, table)
+    # ... and with (almost surely) no failures, those datasets are whole
+    assert sum(assert_nothing_lost(run_dir).values()) == 0

@@ -88,7 +88,10 @@ def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
         recipe = write_recipe(tmp_path, srv.api_base, seeds=12, concurrency=concurrency)
         clean = run_cli("run", recipe, "--run-dir", tmp_path / "clean", "--until", "solve")
         assert clean.returncode == 0, clean.stderr
-        unique = srv.ok_requests
+        def delivered() -> int:  # answers that reached the client: what was paid for
+            return sum(srv.delivered_by_prompt_seed().values())
+
+        unique = delivered()
         srv.reset_counters()
 
         run_dir = tmp_path / "killed"
@@ -96,11 +99,11 @@ def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "solve"],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while srv.ok_requests < unique // 2 and time.time() < deadline:  # mid-run, inside a stage
+        while delivered() < unique // 2 and time.time() < deadline:  # mid-run, inside a stage
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        before = srv.ok_requests
+        before = delivered()
         assert 0 < before < unique
         finished = sqlite3.connect(run_dir / "requests.sqlite").execute("select count(*) from responses").fetchone()[0] if (run_dir / "requests.sqlite").exists() else 0
 
@@ -108,9 +111,9 @@ def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
         assert again.returncode == 0, again.stderr
         # Every request the cache had finished is answered from it: the endpoint sees only the rest,
         # plus at most the `concurrency` requests that were in flight when the process died.
-        repaid = srv.ok_requests - unique
+        repaid = delivered() - unique
         assert finished > 0 and 0 <= repaid <= concurrency
-        assert srv.ok_requests - before >= unique - finished  # what had not finished was asked for
+        assert delivered() - before >= unique - finished  # what had not finished was asked for
         for stage in ("ask_me_anything", "evolve", "solve"):
             assert read(run_dir, stage) == read(tmp_path / "clean", stage), stage
 

@@ -174,6 +174,7 @@ def _litellm():
         litellm.num_retries = 0
         litellm.cache = None
         litellm.suppress_debug_info = True
+        _skip_idle_success_logging()
         _litellm_mod = litellm
     return _litellm_mod
 
@@ -192,6 +193,7 @@ def _litellm():
 # still goes to threads.
 _INLINE_SETUP: contextvars.ContextVar[bool] = contextvars.ContextVar("orca_inline_litellm_setup", default=False)
 _INLINE_PROVIDERS = frozenset({"openai", "hosted_vllm", "custom_openai", "openai_like"})
+_DOOR_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("orca_door_call", default=False)
 
 
 def _is_litellm_completion(fn: Any) -> bool:
@@ -216,6 +218,66 @@ class _LoopExecutor(concurrent.futures.ThreadPoolExecutor):
                 f.set_exception(e)
             return f
         return super().submit(fn, *args, **kwargs)
+
+
+def _skip_idle_success_logging() -> None:
+    """After every successful call litellm queues a success-logging task (a standard logging
+    payload, the cost looked up again) for its callbacks: ~0.5 ms CPU a call. The door sets no
+    callbacks and does its own accounting, so for the door's own calls, while no litellm
+    callback of any kind is configured, the task is dropped unstarted. With a callback
+    configured (by whoever embeds the door), litellm logs as usual."""
+    try:
+        from litellm.litellm_core_utils import logging_worker
+        worker = logging_worker.GLOBAL_LOGGING_WORKER
+        original = worker.ensure_initialized_and_enqueue
+    except (ImportError, AttributeError):
+        return
+    if getattr(original, "_orca_skip", False):
+        return
+    litellm = sys.modules["litellm"]
+
+    def enqueue(async_coroutine):
+        if _DOOR_CALL.get() and not any(getattr(litellm, name, None) for name in (
+                "callbacks", "success_callback", "_async_success_callback", "input_callback",
+                "failure_callback", "_async_failure_callback", "service_callback")):
+            async_coroutine.close()
+            return None
+        return original(async_coroutine=async_coroutine)
+
+    enqueue._orca_skip = True  # type: ignore[attr-defined]
+    worker.ensure_initialized_and_enqueue = enqueue
+
+
+# Models litellm has no price for that the door entered into litellm's price table at 0 (the
+# door's own cost accounting still reports them as unknown: cost None unless the recipe has a price).
+_DOOR_REGISTERED: set[str] = set()
+
+
+def _register_unpriced_model(litellm, model: str, provider: str | None) -> None:
+    """For a model litellm has no price for (every local or self-hosted model), litellm prices
+    each response anyway, for its hidden params, by scanning its whole price table for a
+    look-alike: ~0.3 ms CPU a call. An entry at 0 makes that a dict lookup; the door never reads
+    litellm's figure for such a model (see `LLM._cost`)."""
+    if model in _DOOR_REGISTERED:
+        return
+    try:
+        if litellm.get_model_info(model).get("input_cost_per_token") is not None:
+            return  # litellm knows its price
+    except Exception:
+        pass
+    import logging
+
+    log = logging.getLogger("LiteLLM")
+    level = log.level
+    log.setLevel(logging.ERROR)  # register_model warns that cache-token prices default to 0
+    try:
+        litellm.register_model({model: {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
+                                        "litellm_provider": provider or "openai", "mode": "chat"}})
+        _DOOR_REGISTERED.add(model)
+    except Exception:
+        pass
+    finally:
+        log.setLevel(level)
 
 
 def _install_loop_executor(loop: asyncio.AbstractEventLoop) -> None:
@@ -594,12 +656,15 @@ class LLM:
         n = int(params.get("n", 1))
         estimate = _estimate_prompt_tokens(messages) + n * int(params.get("max_tokens") or DEFAULT_MAX_TOKENS_ESTIMATE)
         inline = self._inline.get(ep.name)
-        if inline is None:
+        if inline is None:  # first request of this endpoint
             try:
                 provider = litellm.get_llm_provider(ep.litellm_model, api_base=ep.api_base)[1]
             except Exception:
                 provider = None
             inline = self._inline[ep.name] = provider in _INLINE_PROVIDERS
+            if provider is not None:
+                self._price_known(ep.litellm_model)  # decided before the entry below exists
+                _register_unpriced_model(litellm, ep.litellm_model, provider)
         attempt = 0
         while True:
             self._raise_if_fatal(ep)
@@ -611,7 +676,7 @@ class LLM:
                     await st.rpm.acquire(1)
                 if st.tpm:
                     await st.tpm.acquire(estimate)
-                token = _INLINE_SETUP.set(inline)
+                token, door_token = _INLINE_SETUP.set(inline), _DOOR_CALL.set(True)
                 try:
                     resp = await litellm.acompletion(
                         model=ep.litellm_model, messages=messages, api_base=ep.api_base, api_key=api_key,
@@ -624,6 +689,7 @@ class LLM:
                     err = e
                 finally:
                     _INLINE_SETUP.reset(token)
+                    _DOOR_CALL.reset(door_token)
             if err is None:
                 self._ever_ok.add(ep.name)
                 if st.tpm:
@@ -671,21 +737,25 @@ class LLM:
     def _cost(self, ep: Endpoint, resp, prompt_tokens: int, completion_tokens: int) -> float | None:
         if ep.price is not None:  # the recipe's price wins over litellm's table
             return prompt_tokens * ep.price[0] + completion_tokens * ep.price[1]
-        litellm = _litellm()
-        known = self._known_price.get(ep.litellm_model)
-        if known is None:
+        if self._price_known(ep.litellm_model):
             try:
-                info = litellm.get_model_info(ep.litellm_model)
-                known = info.get("input_cost_per_token") is not None
-            except Exception:
-                known = False
-            self._known_price[ep.litellm_model] = known
-        if known:
-            try:
-                return float(litellm.completion_cost(completion_response=resp, model=ep.litellm_model))
+                return float(_litellm().completion_cost(completion_response=resp, model=ep.litellm_model))
             except Exception:
                 return None
         return None
+
+    def _price_known(self, model: str) -> bool:
+        """Whether litellm's price table has this model (not counting the door's own 0 entries)."""
+        known = self._known_price.get(model)
+        if known is None:
+            known = False
+            if model not in _DOOR_REGISTERED:
+                try:
+                    known = _litellm().get_model_info(model).get("input_cost_per_token") is not None
+                except Exception:
+                    pass
+            self._known_price[model] = known
+        return known
 
     def _account(self, ep: Endpoint, resp, messages: list[dict], usage: Usage | None) -> list[Completion]:
         choices = list(resp.choices)
