@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from fake_openai import FakeOpenAI, pipeline_reply  # noqa: E402
+from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply  # noqa: E402
 
 __all__ = ["ENV", "PYTHON", "REPO", "EndpointWatch", "FakeOpenAI", "busy_note", "gen_recipe", "machine",
            "pipeline_reply", "run_cli"]
@@ -107,34 +106,19 @@ class EndpointWatch:
 
 def gen_recipe(path: Path, api_base: str, *, seeds: int, concurrency: int, evolve: int | None = None,
                max_retries: int = 3, timeout_s: float | None = None, ama: bool = False, solve_only: bool = False) -> Path:
-    """recipes/tiny.yaml's generation half pointed at `api_base` (as tests/test_run_fake.py does).
+    """recipes/tiny.yaml's generation half pointed at `api_base` (tests/fake_openai.py's fake_recipe).
     Default stages: seeds, evolve, solve (seeds + evolved), filter; `ama` adds ask_me_anything;
     `solve_only` keeps seeds and solve (one solver request per seed)."""
-    extra = f"\n            timeout_s: {timeout_s}" if timeout_s else ""
-    ama_block = "" if ama else "ask_me_anything: null\n"
-    inputs = "[seeds, ask_me_anything, evolve]" if ama else "[seeds, evolve]"
+    endpoint = {"concurrency": concurrency, "max_retries": max_retries} | ({"timeout_s": timeout_s} if timeout_s else {})
+    sections: dict = {"seeds": {"limit": seeds, "max_solution_steps": None}, "filters": {"dedup": None, "decontaminate": None}}
     if solve_only:
-        ama_block, inputs = "ask_me_anything: null\nevolve: null\n", "[seeds]"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(f"""\
-        extends: {REPO}/recipes/tiny.yaml
-        name: bench
-        models:
-          smol:
-            local: null
-            model: openai/fake
-            api_base: {api_base}
-            concurrency: {concurrency}
-            max_retries: {max_retries}{extra}
-        seeds: {{limit: {seeds}, max_solution_steps: null}}
-        solve: {{inputs: {inputs}}}
-        training: null
-        practice: null
-        iterations: 1
-        eval: null
-        filters: {{dedup: null, decontaminate: null}}
-        """) + ama_block + ("" if solve_only else f"evolve: {{limit: {evolve if evolve is not None else seeds}}}\n"))
-    return path
+        sections |= {"ask_me_anything": None, "evolve": None, "solve": {"inputs": ["seeds"]}}
+    else:
+        sections |= {"evolve": {"limit": evolve if evolve is not None else seeds},
+                     "solve": {"inputs": ["seeds", "ask_me_anything", "evolve"] if ama else ["seeds", "evolve"]}}
+        if not ama:
+            sections["ask_me_anything"] = None
+    return fake_recipe(path, api_base, name="bench", endpoint=endpoint, **sections)
 
 
 def run_cli(*args, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:

@@ -24,13 +24,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import ENV, PYTHON, REPO, FakeOpenAI, busy_note, machine, pipeline_reply  # noqa: E402
+from _bench import ENV, PYTHON, REPO, FakeOpenAI, busy_note, fake_recipe, machine, pipeline_reply  # noqa: E402
 
 WORK = REPO / ".cache" / "bench-load"
 WRAP = ("import resource, subprocess, sys\n"
@@ -50,28 +49,9 @@ def write_seeds(path: Path, n: int) -> None:
 
 
 def recipe(path: Path, api_base: str, seeds: Path, limit: int, concurrency: int) -> Path:
-    path.write_text(textwrap.dedent(f"""\
-        extends: {REPO}/recipes/tiny.yaml
-        name: load
-        models:
-          smol:
-            local: null
-            model: openai/fake
-            api_base: {api_base}
-            concurrency: {concurrency}
-            timeout_s: 60
-            max_retries: 3
-        seeds: {{path: {seeds}, answer_format: plain, limit: {limit}, shuffle: false, max_solution_steps: null}}
-        ask_me_anything: null
-        evolve: null
-        solve: {{inputs: [seeds]}}
-        training: null
-        practice: null
-        iterations: 1
-        eval: null
-        filters: {{dedup: null, decontaminate: null}}
-        """))
-    return path
+    return fake_recipe(path, api_base, name="load", endpoint={"concurrency": concurrency, "timeout_s": 60, "max_retries": 3},
+                       seeds={"path": str(seeds), "answer_format": "plain", "limit": limit, "shuffle": False, "max_solution_steps": None},
+                       ask_me_anything=None, evolve=None, solve={"inputs": ["seeds"]}, filters={"dedup": None, "decontaminate": None})
 
 
 class Reader(threading.Thread):

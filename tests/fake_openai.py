@@ -42,7 +42,8 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable
 
 FAULTS = ("429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty", "400", "401", "404")
 
@@ -76,6 +77,29 @@ def pipeline_reply(last_user: str, seed, choice: int) -> str:
     if "verdict" in low:
         return "Verdict: Solvable"
     return f"Add the numbers step by step: {a} + {b} = {a + b}.\n#### {a + b}"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_recipe(path: Path, api_base: str, *, name: str = "gen", endpoint: dict[str, Any] | None = None, **sections: Any) -> Path:
+    """recipes/tiny.yaml's generation half with its model pointed at a fake endpoint.
+
+    Training, practice and eval are off; `endpoint` adds model settings (concurrency,
+    max_retries, timeout_s, api_key_env ...), `sections` replace or merge top-level keys
+    (seeds={...}, evolve=None, solve={...}, filters={...}, agents={...}).
+    """
+    import yaml
+
+    data: dict[str, Any] = {
+        "extends": str(REPO / "recipes" / "tiny.yaml"), "name": name,
+        "models": {"smol": {"local": None, "model": "openai/fake", "api_base": api_base, **(endpoint or {})}},
+        "training": None, "practice": None, "iterations": 1, "eval": None,
+    }
+    data.update(sections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def _last_user(messages) -> str:

@@ -22,7 +22,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from _cli import REPO, run_cli
-from fake_openai import FakeOpenAI, pipeline_reply
+from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply
 
 FAULTS = ["429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty"]
 SEEDS = 40
@@ -42,27 +41,10 @@ STAGES = ("ask_me_anything", "evolve", "solve", "filter")
 def fault_recipe(tmp: Path, api_base: str) -> Path:
     """tiny.yaml's generation half on the faulty endpoint: a short timeout (the hang fault) and
     10 retries, so a request fails for good with odds 0.3**11 (about 2e-6)."""
-    p = tmp / "faulty.yaml"
-    p.write_text(textwrap.dedent(f"""\
-        extends: {REPO}/recipes/tiny.yaml
-        name: faulty
-        models:
-          smol:
-            local: null
-            model: openai/fake
-            api_base: {api_base}
-            concurrency: {CONCURRENCY}
-            timeout_s: 2.0
-            max_retries: 10
-        seeds: {{limit: {SEEDS}}}
-        evolve: {{limit: {SEEDS}}}
-        training: null
-        practice: null
-        iterations: 1
-        eval: null
-        filters: {{decontaminate: {{ngram: 13, path: {REPO.parent}/shared/data/gsm8k/test.jsonl}}}}
-        """))
-    return p
+    return fake_recipe(tmp / "faulty.yaml", api_base, name="faulty",
+                       endpoint={"concurrency": CONCURRENCY, "timeout_s": 2.0, "max_retries": 10},
+                       seeds={"limit": SEEDS}, evolve={"limit": SEEDS},
+                       filters={"decontaminate": {"ngram": 13, "path": f"{REPO.parent}/shared/data/gsm8k/test.jsonl"}})
 
 
 def read(run_dir: Path, stage: str, name: str = "data.jsonl") -> list[dict]:

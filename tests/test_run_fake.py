@@ -13,40 +13,21 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 
 from _cli import REPO, run_cli
-from fake_openai import FakeOpenAI, pipeline_reply
+from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply
 
 KEY = "sk-test-PLANTED-9f8e7d"
 
 
 def write_recipe(tmp: Path, api_base: str, *, seeds: int = 6, concurrency: int = 4, key_env: str | None = None) -> Path:
     """tiny.yaml's generation half, pointed at the fake endpoint."""
-    key_line = f"\n            api_key_env: {key_env}" if key_env else ""
-    p = tmp / "gen.yaml"
-    p.write_text(textwrap.dedent(f"""\
-        extends: {REPO}/recipes/tiny.yaml
-        name: gen
-        models:
-          smol:
-            local: null
-            model: openai/fake
-            api_base: {api_base}
-            concurrency: {concurrency}
-            max_retries: 3{key_line}
-        seeds: {{limit: {seeds}}}
-        evolve: {{limit: {seeds}}}
-        training: null
-        practice: null
-        iterations: 1
-        eval: null
-        filters: {{decontaminate: {{ngram: 13, path: {REPO.parent}/shared/data/gsm8k/test.jsonl}}}}
-        """))
-    return p
+    endpoint = {"concurrency": concurrency, "max_retries": 3} | ({"api_key_env": key_env} if key_env else {})
+    return fake_recipe(tmp / "gen.yaml", api_base, endpoint=endpoint, seeds={"limit": seeds}, evolve={"limit": seeds},
+                       filters={"decontaminate": {"ngram": 13, "path": f"{REPO.parent}/shared/data/gsm8k/test.jsonl"}})
 
 
 def read(run_dir: Path, stage: str, name: str = "data.jsonl") -> list[dict]:

@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from _cli import REPO, run_cli
-from fake_openai import FakeOpenAI, pipeline_reply
+from _cli import run_cli
+from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply
 from orca_recipe.errors import UserError
 from orca_recipe.prompts import Prompt
 
@@ -72,29 +71,11 @@ def test_prompt_render_plain_templates_still_work():
 
 
 def _recipe(tmp: Path, api_base: str, *, solver: Path | None = None, key_env: str | None = None) -> Path:
-    key_line = f"\n            api_key_env: {key_env}" if key_env else ""
-    solver_line = f"\n        agents:\n          solver: {{prompt: {solver}}}" if solver else ""
-    p = tmp / "r.yaml"
-    p.write_text(textwrap.dedent(f"""\
-        extends: {REPO}/recipes/tiny.yaml
-        name: sec
-        models:
-          smol:
-            local: null
-            model: openai/fake
-            api_base: {api_base}
-            max_retries: 1{key_line}{solver_line}
-        seeds: {{limit: 3}}
-        ask_me_anything: null
-        evolve: null
-        solve: {{inputs: [seeds]}}
-        training: null
-        practice: null
-        iterations: 1
-        eval: null
-        filters: {{dedup: null, decontaminate: null}}
-        """))
-    return p
+    sections = {"agents": {"solver": {"prompt": str(solver)}}} if solver else {}
+    return fake_recipe(tmp / "r.yaml", api_base, name="sec",
+                       endpoint={"max_retries": 1} | ({"api_key_env": key_env} if key_env else {}),
+                       seeds={"limit": 3}, ask_me_anything=None, evolve=None, solve={"inputs": ["seeds"]},
+                       filters={"dedup": None, "decontaminate": None}, **sections)
 
 
 def test_sandbox_escape_in_the_middle_of_a_run_is_one_clean_error(tmp_path):
