@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -183,6 +184,7 @@ class Runner:
             if not self.is_done(self.plan.stage(inp)):
                 raise UserError(f"stage '{stage.name}' needs '{inp}', which is not done; run without --only, or with --until {stage.name}")
         inputs = {inp: read_jsonl(self.run_dir / inp / "data.jsonl") for inp in stage.inputs}
+        self._claim(out_dir, stage)
 
         from orca_recipe.llm.door import LLMError, Usage
 
@@ -219,6 +221,22 @@ class Runner:
             extra = f", {len(result.rejects)} rejected, {len(result.failures)} failed" if (result.rejects or result.failures) else ""
             self.console.print(f"[green]✓[/] {stage.name}: {len(result.rows)} rows{extra} in {seconds:.1f} s")
         return StageOutcome(stage.name, "ran", seconds, len(result.rows), usage.requests, usage.cache_hits)
+
+    @staticmethod
+    def _claim(out_dir: Path, stage: StageRun) -> None:
+        """Mark the folder as this fingerprint's; a folder left by another fingerprint is cleared
+        first, so a changed stage never resumes from stale files (an old Axolotl checkpoint-N)."""
+        marker = out_dir / "stage.json"
+        if marker.is_file():
+            try:
+                previous = json.loads(marker.read_text()).get("fingerprint")
+            except ValueError:
+                previous = None
+            if previous != stage.fingerprint:
+                shutil.rmtree(out_dir)
+        elif (out_dir / "manifest.json").is_file():  # complete, but for another fingerprint
+            shutil.rmtree(out_dir)
+        atomic_write_text(marker, json.dumps({"stage": stage.name, "fingerprint": stage.fingerprint}))
 
     async def _run_async(self, ctx: StageContext) -> StageResult:
         fn = stage_function(ctx.stage.kind)

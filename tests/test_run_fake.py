@@ -123,3 +123,17 @@ def test_unreachable_endpoint_is_one_clear_error(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
     assert "smol" in proc.stderr
+
+
+def test_a_changed_stage_starts_from_a_clean_folder(tmp_path):
+    with FakeOpenAI(responder=pipeline_reply) as srv:
+        recipe = write_recipe(tmp_path, srv.api_base, seeds=3)
+        run_dir = tmp_path / "run"
+        assert run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve").returncode == 0
+        leftover = run_dir / "solve" / "output" / "checkpoint-7"  # what an old training would leave
+        leftover.mkdir(parents=True)
+        same = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve")
+        assert same.returncode == 0 and leftover.is_dir()  # unchanged stage: skipped, untouched
+        changed = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve", "--set", "solve.max_answer_chars=900")
+        assert changed.returncode == 0, changed.stderr
+        assert not leftover.exists() and json.loads((run_dir / "solve" / "stage.json").read_text())["fingerprint"] == json.loads((run_dir / "solve" / "manifest.json").read_text())["fingerprint"]
