@@ -58,7 +58,7 @@ print("RESULT " + json.dumps({"seconds": seconds, "output_tokens": tokens, "sequ
 
 
 def gsm8k_problems(n: int) -> list[dict]:
-    path = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+    path = REPO / "data" / "gsm8k" / "train.jsonl"
     rows = []
     with path.open() as f:
         for i, line in enumerate(f):

@@ -84,7 +84,7 @@ def test_prompt_change_reruns_that_stage_and_downstream_only(tmp_path):
     shutil.copytree(REPO / "prompts", tmp_path / "prompts")
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
     (tmp_path / "recipes" / "tiny.yaml").write_text(
-        (REPO / "recipes" / "tiny.yaml").read_text().replace("../../shared", str(REPO.parent / "shared"))
+        (REPO / "recipes" / "tiny.yaml").read_text().replace("../data", str(REPO / "data"))
     )
     before = {s.name: s.fingerprint for s in compile_file(tmp_path / "recipes" / "tiny.yaml").stages}
     p = tmp_path / "prompts" / "editor.j2"

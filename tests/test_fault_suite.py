@@ -44,7 +44,7 @@ def fault_recipe(tmp: Path, api_base: str) -> Path:
     return fake_recipe(tmp / "faulty.yaml", api_base, name="faulty",
                        endpoint={"concurrency": CONCURRENCY, "timeout_s": 2.0, "max_retries": 10},
                        seeds={"limit": SEEDS}, evolve={"limit": SEEDS},
-                       filters={"decontaminate": {"ngram": 13, "path": f"{REPO.parent}/shared/data/gsm8k/test.jsonl"}})
+                       filters={"decontaminate": {"ngram": 13, "path": f"{REPO}/data/gsm8k/test.jsonl"}})
 
 
 def read(run_dir: Path, stage: str, name: str = "data.jsonl") -> list[dict]:

@@ -12,7 +12,7 @@ PROMPTS = REPO / "prompts"
 
 
 def good_recipe(prompts: Path = PROMPTS) -> str:
-    data = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+    data = REPO / "data" / "gsm8k" / "train.jsonl"
     return textwrap.dedent(
         f"""\
         name: t

@@ -27,7 +27,7 @@ def write_recipe(tmp: Path, api_base: str, *, seeds: int = 6, concurrency: int =
     """tiny.yaml's generation half, pointed at the fake endpoint."""
     endpoint = {"concurrency": concurrency, "max_retries": 3} | ({"api_key_env": key_env} if key_env else {})
     return fake_recipe(tmp / "gen.yaml", api_base, endpoint=endpoint, seeds={"limit": seeds}, evolve={"limit": seeds},
-                       filters={"decontaminate": {"ngram": 13, "path": f"{REPO.parent}/shared/data/gsm8k/test.jsonl"}})
+                       filters={"decontaminate": {"ngram": 13, "path": f"{REPO}/data/gsm8k/test.jsonl"}})
 
 
 def read(run_dir: Path, stage: str, name: str = "data.jsonl") -> list[dict]:
