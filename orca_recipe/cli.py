@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -174,9 +175,24 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/
     out.print(table)
 
 
+class ReportFormat(str, Enum):
+    markdown = "markdown"
+    json = "json"
+
+
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny.")) -> None:
-    """Print the run's report: pass@1 per checkpoint with n and 95% intervals, stage timings."""
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny."),
+    fmt: ReportFormat = typer.Option(ReportFormat.markdown, "--format", help="markdown: write report.md and show it; json: print the report as JSON on stdout only (for jq)."),
+) -> None:
+    """Print the run's report: pass@1 per checkpoint with n and 95% intervals, paired comparisons, stage timings."""
+    if fmt is ReportFormat.json:
+        import json
+
+        from orca_recipe.report import as_json
+
+        sys.stdout.write(json.dumps(as_json(run_dir), indent=2) + "\n")  # plain stdout: no rich markup or wrapping
+        return
     from rich.markdown import Markdown
 
     from orca_recipe.report import write_report

@@ -1,12 +1,14 @@
-"""The run report: pass@1 per checkpoint with n and a 95% interval, a plot, stage timings."""
+"""The run report: pass@1 per checkpoint with n and a 95% interval, paired comparisons, a plot, stage timings."""
 
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 from orca_recipe.errors import UserError
-from orca_recipe.store import atomic_write_text, read_manifest
+from orca_recipe.stats import mcnemar_exact, paired_difference, wilson
+from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest
 
 
 def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -26,15 +28,141 @@ def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return evals, manifests
 
 
+def _outcomes(run_dir: Path, stage: str) -> dict | None:
+    """Ids seen, ids right and truncated rows (None when rows carry no finish_reason) of one eval stage."""
+    path = run_dir / stage / "data.jsonl"
+    if not path.is_file():
+        return None
+    rows = read_jsonl(path)
+    has_finish = any("finish_reason" in r for r in rows)
+    return {
+        "seen": {str(r["id"]) for r in rows},
+        "right": {str(r["id"]) for r in rows if r.get("correct") is True},
+        "truncated": sum(r.get("finish_reason") == "length" for r in rows) if has_finish else None,
+    }
+
+
+def checkpoints(run_dir: Path, evals: list[dict] | None = None) -> list[dict]:
+    """pass@1 per eval stage with its Wilson interval and, when recorded, how many answers hit max_tokens."""
+    evals = collect(run_dir)[0] if evals is None else evals
+    out = []
+    for e in evals:
+        o = _outcomes(run_dir, e["stage"])
+        lo, hi = wilson(e["correct"], e["n"])
+        out.append({"stage": e["stage"], "model": e["model"], "n": e["n"], "correct": e["correct"], "pass_at_1": e["pass_at_1"],
+                    "ci95": [lo, hi], "truncated": o["truncated"] if o else None})
+    return out
+
+
+def pair_order(names: list[str], base: str | None) -> list[tuple[str, str, str]]:
+    """(a, b, relation) for every two stages, earlier first: consecutive ones, then base vs each, then the rest."""
+    pairs = [(a, b, "consecutive") for a, b in zip(names, names[1:])]
+    if base is not None:
+        pairs += [(base, b, "base") for b in names[names.index(base) + 1:]]
+    pairs += [(a, b, "other") for a, b in combinations(names, 2)]
+    seen, out = set(), []
+    for a, b, rel in pairs:
+        if (a, b) not in seen:
+            seen.add((a, b))
+            out.append((a, b, rel))
+    return out
+
+
+def compare(ea: dict, eb: dict, oa: dict, ob: dict) -> dict:
+    """One pair on the same problems: an id missing from a stage's rows (a failed request) counts as wrong there."""
+    n = ea["n"]
+    both, only_a, only_b = len(oa["right"] & ob["right"]), len(oa["right"] - ob["right"]), len(ob["right"] - oa["right"])
+    diff, lo, hi = paired_difference(only_a, only_b, n)
+    return {"a": ea["stage"], "b": eb["stage"], "model_a": ea["model"], "model_b": eb["model"], "n": n,
+            "pass_at_1_a": (both + only_a) / n if n else 0.0, "pass_at_1_b": (both + only_b) / n if n else 0.0,
+            "both": both, "only_a": only_a, "only_b": only_b, "neither": n - both - only_a - only_b,
+            "diff": diff, "ci95": [lo, hi], "mcnemar_p": mcnemar_exact(only_a, only_b)}
+
+
+def _skip_reason(ea: dict, eb: dict, oa: dict | None, ob: dict | None) -> str | None:
+    """Why two eval stages cannot be paired, or None: they must have scored the same problem set."""
+    if oa is None or ob is None:
+        return f"no data.jsonl in {ea['stage'] if oa is None else eb['stage']}"
+    if ea["n"] != eb["n"]:
+        return f"n differs ({ea['n']} vs {eb['n']}): not the same eval set"
+    if len(oa["seen"] | ob["seen"]) > ea["n"]:
+        return f"more distinct problem ids than n={ea['n']}: not the same eval set"
+    return None
+
+
+def paired(run_dir: Path, evals: list[dict] | None = None) -> dict:
+    """{"pairs": [...], "skipped": [...]}: every two eval stages compared problem by problem.
+
+    Paired, because a checkpoint's own Wilson interval includes problem-to-problem variation
+    that both checkpoints share; only the problems one solves and the other misses tell
+    them apart (McNemar exact p, Tango interval for the difference).
+    """
+    evals = collect(run_dir)[0] if evals is None else evals
+    by_name = {e["stage"]: e for e in evals}
+    outcomes = {e["stage"]: _outcomes(run_dir, e["stage"]) for e in evals}
+    base = next((e["stage"] for e in evals if e["model"] == "base"), evals[0]["stage"] if evals else None)
+    pairs, skipped = [], []
+    for a, b, rel in pair_order(list(by_name), base):
+        reason = _skip_reason(by_name[a], by_name[b], outcomes[a], outcomes[b])
+        if reason:
+            skipped.append({"a": a, "b": b, "reason": reason})
+        else:
+            pairs.append({**compare(by_name[a], by_name[b], outcomes[a], outcomes[b]), "relation": rel})
+    return {"pairs": pairs, "skipped": skipped}
+
+
+def _stage_row(m: dict) -> dict:
+    u = m.get("usage") or {}
+    return {"stage": m["stage"], "kind": m.get("kind"), "rows": m.get("rows"), "rejects": m.get("rejects"), "failures": m.get("failures"),
+            "seconds": m.get("seconds"), "requests": u.get("requests", 0), "cache_hits": u.get("cache_hits", 0)}
+
+
+def as_json(run_dir: Path) -> dict:
+    """The report as data (for `orca-recipe report --format json | jq`): the same numbers as report.md."""
+    evals, manifests = collect(run_dir)
+    pairs = paired(run_dir, evals)
+    return {"run_dir": str(run_dir), "checkpoints": checkpoints(run_dir, evals), "pairs": pairs["pairs"], "skipped_pairs": pairs["skipped"],
+            "stages": [_stage_row(m) for m in manifests], "total_seconds": sum(m.get("seconds") or 0 for m in manifests)}
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.1 else f"{p:.2f}"
+
+
+def paired_lines(pairs: dict) -> list[str]:
+    """The "Paired comparisons" section of report.md."""
+    lines = ["## Paired comparisons", "",
+             "Same problems, checkpoint B vs A: only A / only B count the problems one side solved and the other missed; "
+             "B − A is the difference in pass@1 in percentage points with a 95% Tango score interval; p is McNemar's exact test. "
+             "Read a change as real only when its interval excludes 0 and p < 0.05; otherwise it is within noise.", "",
+             "| A | B | n | pass@1 A | pass@1 B | only A | only B | B − A (pp) | 95% CI (pp) | McNemar p |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for q in pairs["pairs"]:
+        lo, hi = q["ci95"]
+        lines.append(f"| {q['a']} | {q['b']} | {q['n']} | {q['pass_at_1_a']:.1%} | {q['pass_at_1_b']:.1%} | {q['only_a']} | {q['only_b']} | "
+                     f"{_pp(q['diff'])} | {_pp(lo)} – {_pp(hi)} | {_p(q['mcnemar_p'])} |")
+    if not pairs["pairs"]:
+        lines.append("| (fewer than two comparable eval stages) | | | | | | | | | |")
+    lines += [f"- {s['a']} vs {s['b']} not compared: {s['reason']}" for s in pairs["skipped"]]
+    return lines + [""]
+
+
 def markdown(run_dir: Path) -> str:
     evals, manifests = collect(run_dir)
-    lines = [f"# Report: {run_dir}", "", "## pass@1 (greedy)", "", "| stage | model | n | correct | pass@1 | 95% CI |", "|---|---|---:|---:|---:|---|"]
-    for e in evals:
+    lines = [f"# Report: {run_dir}", "", "## pass@1 (greedy)", "",
+             "| stage | model | n | correct | pass@1 | 95% CI | truncated |", "|---|---|---:|---:|---:|---|---:|"]
+    for e in checkpoints(run_dir, evals):
         lo, hi = e["ci95"]
-        lines.append(f"| {e['stage']} | {e['model']} | {e['n']} | {e['correct']} | {e['pass_at_1']:.1%} | {lo:.1%} – {hi:.1%} |")
+        cut = "–" if e["truncated"] is None else e["truncated"]
+        lines.append(f"| {e['stage']} | {e['model']} | {e['n']} | {e['correct']} | {e['pass_at_1']:.1%} | {lo:.1%} – {hi:.1%} | {cut} |")
     if not evals:
-        lines.append("| (no eval stage has run) | | | | | |")
-    lines += ["", "## Stages", "", "| stage | rows | rejected | failed | LLM requests | cached | seconds | notes |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines.append("| (no eval stage has run) | | | | | | |")
+    lines += [""] + paired_lines(paired(run_dir, evals))
+    lines += ["## Stages", "", "| stage | rows | rejected | failed | LLM requests | cached | seconds | notes |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for m in manifests:
         u = m.get("usage") or {}
         rep = m.get("report") or {}

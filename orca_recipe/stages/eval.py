@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from orca_recipe.answers import equivalent, extract_final
 from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 from orca_recipe.stages.seeds import load_problems
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion; sane at 0 and n."""
-    if n == 0:
-        return 0.0, 0.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+from orca_recipe.stats import wilson  # re-exported: one copy, in orca_recipe.stats
 
 
 async def run(ctx: StageContext) -> StageResult:
