@@ -42,6 +42,17 @@ def gsm8k_gold(answer: str) -> str | None:
     return answer.rsplit("####", 1)[1].strip()
 
 
+_CALC = re.compile(r"<<[^<>]*>>")
+
+
+def gsm8k_worked_solution(answer: str) -> str | None:
+    """GSM8K's human-written solution as a student should write it: the `<<48/2=24>>`
+    calculator annotations removed, the final `#### N` line kept; None without one."""
+    if gsm8k_gold(answer) is None:
+        return None
+    return _CALC.sub("", answer).strip()
+
+
 def to_number(answer: str | None) -> Fraction | None:
     """'$1,234.50' -> 1234.5, '3/4' -> 0.75, '50%' -> 50; None if it is not a plain number."""
     if answer is None:

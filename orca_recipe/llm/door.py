@@ -60,7 +60,7 @@ class Endpoint:
 
     name: str                  # recipe key, e.g. "teacher"
     litellm_model: str         # e.g. "openai/gpt-4-turbo", "hosted_vllm/smollm2-135m-instruct"
-    identity: str              # cache identity: the model string or "local:<folder>@<fingerprint>"
+    identity: str              # cache identity: model string @ api_base, or "local:<weights content>:<dtype>"
     api_base: str | None = None
     api_key_env: str | None = None   # the NAME of the env var; the key is read at call time
     concurrency: int = 8
@@ -75,7 +75,9 @@ class Endpoint:
     def from_recipe(cls, name: str, m: "ModelEndpoint", *, api_base: str | None = None, litellm_model: str | None = None,
                     identity: str | None = None) -> "Endpoint":
         """From a recipe `ModelEndpoint`. For ``local:`` models the runner passes the served
-        `litellm_model`, the server's `api_base` and an `identity` that does not depend on the port."""
+        `litellm_model`, the server's `api_base` and an `identity` that does not depend on the port.
+        A hosted model's identity includes its api_base: another server under the same model
+        name is another model."""
         model = litellm_model or m.model
         if not model:
             raise ValueError(f"models.{name}: a local model needs litellm_model= (the served name) from the runner")
@@ -85,7 +87,7 @@ class Endpoint:
         return cls(
             name=name,
             litellm_model=model,
-            identity=identity or model,
+            identity=identity or (f"{model}@{m.api_base}" if m.api_base else model),
             api_base=api_base if api_base is not None else m.api_base,
             api_key_env=m.api_key_env,
             concurrency=m.concurrency,

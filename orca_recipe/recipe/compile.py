@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.prompts import Prompt, check_template, load_prompt
 from orca_recipe.recipe.load import Loaded, load_recipe
@@ -70,25 +71,23 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_fingerprint(path: str) -> str:
-    """Content hash of a data file; for a folder, names, sizes and mtimes of its files."""
-    p = Path(path)
-    if p.is_file():
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()[:16]
-    if p.is_dir():
-        entries = sorted((str(q.relative_to(p)), q.stat().st_size, int(q.stat().st_mtime)) for q in p.rglob("*") if q.is_file())
-        return _hash(entries)
-    return "missing"
+def portable(obj: Any, base: Path) -> Any:
+    """`obj` with every absolute path written relative to `base` (the recipe's folder), so a
+    project folder copied or moved elsewhere keeps its fingerprints."""
+    if isinstance(obj, dict):
+        return {k: portable(v, base) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, base) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and os.path.isabs(obj):
+        return os.path.relpath(obj, base)
+    return obj
 
 
 def _model_identity(m: ModelEndpoint) -> dict[str, Any]:
     """What decides a model's outputs (not its rate limits, concurrency or price)."""
     if m.local is not None:
-        return {"local": m.local.embedded or m.local.path, "dtype": m.local.dtype, "sampling": m.sampling.model_dump(exclude_none=True)}
+        source = {"embedded": m.local.embedded} if m.local.embedded else {"weights": content_id(m.local.path)}
+        return source | {"dtype": m.local.dtype, "sampling": m.sampling.model_dump(exclude_none=True)}
     return {"model": m.model, "api_base": m.api_base, "sampling": m.sampling.model_dump(exclude_none=True)}
 
 
@@ -135,6 +134,12 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
     for i, inp in enumerate(recipe.solve.inputs):
         if inp != "seeds" and getattr(recipe, inp) is None:
             fail(("solve", "inputs", i), f"solve reads '{inp}', but that stage is not configured")
+    if recipe.solve.gold_solutions:
+        if "seeds" not in recipe.solve.inputs:
+            fail(("solve", "gold_solutions"), "gold_solutions takes the seeds' worked solutions, but solve.inputs has no 'seeds'")
+        if recipe.seeds.answer_format != "gsm8k" or not recipe.seeds.answer_field:
+            fail(("solve", "gold_solutions"), "gold_solutions needs seeds with worked solutions: seeds.answer_format gsm8k "
+                                              "(a solution ending in '#### N') and an answer_field")
     if recipe.evolve and recipe.evolve.input == "ask_me_anything" and recipe.ask_me_anything is None:
         fail(("evolve", "input"), "evolve reads ask_me_anything, but that stage is not configured")
 
@@ -210,6 +215,7 @@ def student_model_path(recipe: Recipe) -> str | None:
 def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = None) -> Plan:
     prompts = check_references(recipe, loaded)
     run_dir = (Path(run_dir) if run_dir else Path("runs") / recipe.name).resolve()
+    base = loaded.files[0].parent if loaded.files else Path.cwd()
     warnings: list[str] = []
 
     def agent_identity(name: str | None) -> Any:
@@ -234,7 +240,7 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
             "agents": {a: agent_identity(a) for a in agents},
             "inputs": [fp[i] for i in inputs],
         }
-        fp[name] = _hash(identity)
+        fp[name] = _hash(portable(identity, base))
         stage = StageRun(name=name, kind=kind, inputs=inputs, config=config, fingerprint=fp[name], agents=agents, **kw)
         rows[name] = stage.rows
         stages.append(stage)
@@ -246,13 +252,13 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     if not Path(seeds.path).exists():
         warnings.append(f"seeds.path {seeds.path} does not exist yet; `run` will need it")
     seed_rows = _limited(file_rows, seeds.limit)
-    seed_cfg = seeds.model_dump() | {"data": file_fingerprint(seeds.path)}
+    seed_cfg = seeds.model_dump(exclude={"path"}) | {"data": content_id(seeds.path)}  # content, not location
     add("seeds", "seeds", (), seed_cfg, rows=seed_rows)
 
     # Generation ---------------------------------------------------------------
     if recipe.ask_me_anything:
         ama = recipe.ask_me_anything
-        n = rows["seeds"]
+        n = _limited(rows["seeds"], ama.limit)
         add(
             "ask_me_anything", "ask_me_anything", ("seeds",), ama.model_dump(), (ama.agent,),
             calls=n or 0, rows=None if n is None else n * ama.questions_per_seed,
@@ -271,20 +277,21 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     solve = recipe.solve
     solve_in = [rows[i] for i in solve.inputs]
     n_solve = None if any(r is None for r in solve_in) else sum(solve_in)  # type: ignore[arg-type]
-    add("solve", "solve", tuple(solve.inputs), solve.model_dump(), (solve.agent,), calls=(n_solve or 0) * solve.samples, rows=n_solve)
+    n_asked = (n_solve or 0) - ((rows["seeds"] or 0) if solve.gold_solutions and "seeds" in solve.inputs else 0)
+    add("solve", "solve", tuple(solve.inputs), solve.model_dump(), (solve.agent,), calls=n_asked * solve.samples, rows=n_solve)
 
     filt_cfg = recipe.filters.model_dump()
     if recipe.filters.decontaminate is not None:
         contam = recipe.filters.decontaminate.path or (recipe.eval.path if recipe.eval else None)
-        filt_cfg["decontaminate_against"] = contam
-        filt_cfg["decontaminate_data"] = file_fingerprint(contam) if contam else None
+        filt_cfg["decontaminate"].pop("path")  # identified by content below
+        filt_cfg["decontaminate_data"] = content_id(contam) if contam else None
     add("filter", "filter", ("solve",), filt_cfg, rows=n_solve)
 
     # Training and iterations --------------------------------------------------
     ev_cfg = None
     n_eval = None
     if recipe.eval:
-        ev_cfg = recipe.eval.model_dump() | {"data": file_fingerprint(recipe.eval.path)}
+        ev_cfg = recipe.eval.model_dump(exclude={"path"}) | {"data": content_id(recipe.eval.path)}
         ev = recipe.eval
         n_eval = _limited(count_rows(ev.path, ev.answer_field, ev.answer_format, ev.max_solution_steps), ev.limit)
         if not Path(recipe.eval.path).exists():

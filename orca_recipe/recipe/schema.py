@@ -46,9 +46,10 @@ class LocalServe(Strict):
     path: str | None = Field(None, description="A Hugging Face model folder, relative to the recipe file.")
     tensor_parallel_size: PositiveInt = 1
     data_parallel_size: PositiveInt = 1
-    max_model_len: PositiveInt | None = None
+    max_model_len: PositiveInt | None = Field(None, description="Prompt + reply tokens; default the model's context length.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    dtype: str = "bfloat16"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU or a CPU with bf16 in hardware (avx512_bf16/amx_bf16), float32 on other CPUs.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to the vLLM server.")
 
     @model_validator(mode="after")
@@ -120,6 +121,7 @@ class AskMeAnything(Strict):
 
     agent: str
     questions_per_seed: PositiveInt = 3
+    limit: PositiveInt | None = Field(None, description="Expand only the first N seeds.")
 
 
 class Evolve(Strict):
@@ -143,7 +145,12 @@ class Solve(Strict):
     samples: PositiveInt = Field(1, description="Teacher samples per problem.")
     min_agreement: PositiveInt = Field(1, description="Keep a problem when this many samples agree on the final answer.")
     max_answer_chars: PositiveInt | None = Field(None, description="Drop solutions longer than this.")
-    keep_if_gold_matches: bool = Field(False, description="Drop problems whose teacher answer disagrees with a known gold answer.")
+    keep_if_gold_matches: bool = Field(
+        False, description="DMath rule (paper §3.2): where a problem has a gold answer, keep a teacher sample whose answer equals it "
+                           "(rejection sampling over `samples`); reject the problem when none does.")
+    gold_solutions: bool = Field(
+        False, description="Seeds whose answer column holds a worked solution (answer_format gsm8k) are solved by it, "
+                           "<<calc>> annotations stripped; the solver agent answers only problems without one.")
 
     @model_validator(mode="after")
     def _agreement(self) -> "Solve":

@@ -30,7 +30,7 @@ def parse_questions(text: str) -> list[str] | None:
 async def run(ctx: StageContext) -> StageResult:
     cfg = ctx.recipe.ask_me_anything
     assert cfg is not None
-    seeds = ctx.inputs["seeds"]
+    seeds = ctx.inputs["seeds"][: cfg.limit] if cfg.limit else ctx.inputs["seeds"]
     ctx.set_total(len(seeds))
 
     async def one(seed: Row) -> tuple[list[Row], Row | None]:

@@ -1,8 +1,9 @@
 """The teacher judge (Orca-Math §3.3): is the student's final answer the problem setter's?
 
-`exact` compares normalised final answers (math-verify beyond plain numbers); `llm` asks the
-judge agent and reads "Final Verdict: Correct/Incorrect"; `exact_then_llm` asks only where
-exact matching cannot decide. The exact check always runs (it is free), so `llm` mode also
+`exact` compares normalised final answers (math-verify beyond plain numbers) with the gold
+answer where the problem has one, else with the teacher's; `llm` asks the judge agent and
+reads "Final Verdict: Correct/Incorrect"; `exact_then_llm` asks only where exact matching
+cannot decide (and a reply without a single number is wrong without asking). The exact check always runs (it is free), so `llm` mode also
 reports how often the two agree.
 """
 
@@ -32,12 +33,15 @@ async def run(ctx: StageContext) -> StageResult:
 
     async def one(s: Row) -> tuple[Row | None, Row | None]:
         ref = solutions[s["problem_id"]]
-        exact = equivalent(s.get("response_answer"), ref["final_answer"])
+        reference_answer = ref.get("gold") or ref["final_answer"]  # gold where the problem has one
+        exact = equivalent(s.get("response_answer"), reference_answer)
         verdict, by, llm_verdict = exact, "exact", None
+        if exact is None and s.get("response_answer") is None and cfg.mode == "exact_then_llm":
+            verdict, by = False, "no_answer"  # not a single number in the reply: nothing for a judge to weigh
         try:
-            if cfg.mode == "llm" or (cfg.mode == "exact_then_llm" and exact is None):
+            if cfg.mode == "llm" or (cfg.mode == "exact_then_llm" and verdict is None):
                 variables = {
-                    "problem": s["question"], "reference": ref["solution"], "reference_answer": ref["final_answer"],
+                    "problem": s["question"], "reference": ref["solution"], "reference_answer": reference_answer,
                     "response": s["response"], "response_answer": s.get("response_answer") or "",
                 }
                 llm_verdict, _ = await ctx.ask_parsed(cfg.agent, variables, parse_verdict)
@@ -51,7 +55,7 @@ async def run(ctx: StageContext) -> StageResult:
         if verdict is None:  # exact mode and undecidable: no evidence it is right
             verdict, by = False, "exact_undecided"
         return s | {"correct": bool(verdict), "judged_by": by, "exact_verdict": exact, "llm_verdict": llm_verdict,
-                    "reference_answer": ref["final_answer"]}, None
+                    "reference_answer": reference_answer}, None
 
     rows, failures = collect(await map_bounded(samples, one, ctx.extra.get("parallel", 16)))
     both = [r for r in rows if r["exact_verdict"] is not None and r["llm_verdict"] is not None]

