@@ -24,7 +24,8 @@ async def run(ctx: StageContext) -> StageResult:
             ctx.advance(1)
         ans, how = extract_final(comp.text)
         ok = equivalent(ans, p["gold"]) is True
-        return {"id": p["id"], "question": p["question"], "gold": p["gold"], "response": comp.text.strip(), "answer": ans, "answer_extraction": how, "correct": ok}, None
+        return {"id": p["id"], "question": p["question"], "gold": p["gold"], "response": comp.text.strip(), "answer": ans, "answer_extraction": how, "correct": ok,
+                "finish_reason": comp.finish_reason}, None  # "length": truncated at max_tokens, counted in the report
 
     rows, failures = collect(await map_bounded(problems, one, ctx.extra.get("parallel", 16)))
     n = len(problems)  # a failed request counts as wrong: pass@1 is over the whole eval set
