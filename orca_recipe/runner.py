@@ -35,12 +35,17 @@ LOCAL_FLOOR_TOK_S = 10.0    # output tokens/s a local engine gives at the least 
 DEFAULT_REPLY_TOKENS = 1024
 
 
-def stage_function(kind: str) -> Callable[[StageContext], Any]:
-    """The module that runs a stage kind; imported on demand so `plan` stays light."""
+def stage_module(kind: str) -> Any:
+    """The module that runs a stage kind; imported on demand so `plan` stays light. Its
+    `run(ctx)` does the work; an optional `needs_llm(ctx)` says when no model is needed."""
     import importlib
 
     module = {"sft": "train", "train_preference": "train"}.get(kind, kind)
-    return importlib.import_module(f"orca_recipe.stages.{module}").run
+    return importlib.import_module(f"orca_recipe.stages.{module}")
+
+
+def stage_function(kind: str) -> Callable[[StageContext], Any]:
+    return stage_module(kind).run
 
 
 # --------------------------------------------------------------------------- progress
@@ -216,7 +221,7 @@ class Runner:
             task = progress.add_task(stage.name, total=None, usage=usage)
             ctx.set_total = lambda n: progress.update(task, total=n)
             ctx.advance = lambda n=1: progress.advance(task, n)
-            if stage.agents:
+            if stage.agents and getattr(stage_module(stage.kind), "needs_llm", lambda ctx: True)(ctx):
                 self._attach_llm(ctx)  # may start a vLLM server: timed apart from the work
             startup = time.monotonic() - t0
             result: StageResult = asyncio.run(self._run_async(ctx))

@@ -81,3 +81,25 @@ def test_wilson_interval():
     lo, hi = wilson(25, 50)
     assert 0.36 < lo < 0.37 and 0.63 < hi < 0.64
     assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_judge_compares_with_gold_and_asks_the_llm_only_where_exact_cannot_decide():
+    from types import SimpleNamespace
+
+    from orca_recipe.stages.judge import exact_verdict, needs_llm
+
+    ref = {"id": "p", "solution": "teacher says 8 #### 8", "final_answer": "8", "gold": "7"}
+    assert exact_verdict({"response_answer": "7"}, ref, "exact_then_llm") == ("7", True, True)  # gold wins over the teacher
+    assert exact_verdict({"response_answer": "8"}, ref, "exact_then_llm") == ("7", False, False)
+    assert exact_verdict({"response_answer": None}, ref, "exact_then_llm") == ("7", None, False)  # no number: wrong, no LLM
+    assert exact_verdict({"response_answer": "x+1"}, ref, "exact_then_llm")[2] is None  # undecidable: the LLM judges
+    assert exact_verdict({"response_answer": "7"}, ref, "llm")[2] is None  # llm mode always asks
+    assert exact_verdict({"response_answer": "7"}, {**ref, "gold": None}, "exact")[0] == "8"  # no gold: the teacher's answer
+
+    def ctx(mode: str, answers: list[str | None]):
+        samples = [{"problem_id": "p", "response_answer": a} for a in answers]
+        return SimpleNamespace(recipe=SimpleNamespace(judge=SimpleNamespace(mode=mode)), stage=SimpleNamespace(inputs=("practice_2", "filter")),
+                               inputs={"practice_2": samples, "filter": [ref]})
+
+    assert not needs_llm(ctx("exact_then_llm", ["7", "8", None]))  # no model server is started for this stage
+    assert needs_llm(ctx("exact_then_llm", ["7", "x+1"])) and needs_llm(ctx("llm", ["7"])) and not needs_llm(ctx("exact", ["x"]))

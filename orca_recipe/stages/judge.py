@@ -25,6 +25,26 @@ def parse_verdict(text: str) -> bool | None:
     return None
 
 
+def exact_verdict(sample: Row, ref: Row, mode: str) -> tuple[str, bool | None, bool | None]:
+    """(reference answer, exact verdict, verdict before any LLM) for one practice sample.
+    A verdict of None is what the LLM judge decides (always, in `llm` mode)."""
+    reference_answer = ref.get("gold") or ref["final_answer"]  # gold where the problem has one
+    exact = equivalent(sample.get("response_answer"), reference_answer)
+    verdict = exact
+    if exact is None and sample.get("response_answer") is None and mode == "exact_then_llm":
+        verdict = False  # not a single number in the reply: nothing for a judge to weigh
+    return reference_answer, exact, None if mode == "llm" else verdict
+
+
+def needs_llm(ctx: StageContext) -> bool:
+    """Whether any sample needs the LLM judge; the runner starts no model server when none does."""
+    mode = ctx.recipe.judge.mode
+    if mode == "exact":
+        return False
+    solutions = {r["id"]: r for r in ctx.inputs["filter"]}
+    return any(exact_verdict(s, solutions[s["problem_id"]], mode)[2] is None for s in ctx.inputs[ctx.stage.inputs[0]])
+
+
 async def run(ctx: StageContext) -> StageResult:
     cfg = ctx.recipe.judge
     solutions = {r["id"]: r for r in ctx.inputs["filter"]}
@@ -33,13 +53,11 @@ async def run(ctx: StageContext) -> StageResult:
 
     async def one(s: Row) -> tuple[Row | None, Row | None]:
         ref = solutions[s["problem_id"]]
-        reference_answer = ref.get("gold") or ref["final_answer"]  # gold where the problem has one
-        exact = equivalent(s.get("response_answer"), reference_answer)
-        verdict, by, llm_verdict = exact, "exact", None
-        if exact is None and s.get("response_answer") is None and cfg.mode == "exact_then_llm":
-            verdict, by = False, "no_answer"  # not a single number in the reply: nothing for a judge to weigh
+        reference_answer, exact, verdict = exact_verdict(s, ref, cfg.mode)
+        by = "exact" if verdict is None or exact is not None else "no_answer"
+        llm_verdict = None
         try:
-            if cfg.mode == "llm" or (cfg.mode == "exact_then_llm" and verdict is None):
+            if cfg.mode != "exact" and verdict is None:
                 variables = {
                     "problem": s["question"], "reference": ref["solution"], "reference_answer": reference_answer,
                     "response": s["response"], "response_answer": s.get("response_answer") or "",
