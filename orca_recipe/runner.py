@@ -183,7 +183,7 @@ class Runner:
             try:
                 for i, stage in enumerate(stages):
                     todo = [s for s in stages[i:] if not self.is_done(s)]
-                    self.release_servers(todo[:1] if self.pool.on_cpu else todo)
+                    self.release_servers(next_llm_stage(todo) if self.pool.on_cpu else todo)
                     outcomes.append(self.run_stage(stage))
                 if any(s.kind == "eval" for s in stages):
                     from orca_recipe.report import write_report
@@ -375,6 +375,17 @@ class Runner:
             limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
         )
         return [r["question"] for r in rows]
+
+
+def next_llm_stage(todo: list[StageRun]) -> list[StageRun]:
+    """The next stage that talks to a model, unless a training stage comes first (a trainer
+    on a CPU wants every core and the memory an idle engine holds): what a CPU keeps alive."""
+    for stage in todo:
+        if stage.kind in ("sft", "train_preference"):
+            return []
+        if stage.agents:
+            return [stage]
+    return []
 
 
 @contextmanager

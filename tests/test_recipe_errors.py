@@ -164,3 +164,15 @@ def test_sandbox_blocks_escape(tmp_path):
     # Parsing passes; rendering (plan's example prompt) is stopped by the sandbox.
     proc = run_cli("plan", p, "--out", tmp_path / "out")
     assert_user_error(proc, "sandbox")
+
+
+def test_several_greedy_teacher_samples_are_an_error(tmp_path):
+    p = write(tmp_path, good_recipe().replace("  inputs: [seeds]", "  inputs: [seeds]\n  samples: 4"))
+    assert_user_error(run_cli("validate", p), f"{p}:", "solve.samples", "temperature > 0")
+    warm = good_recipe().replace("    prompt: ", "    sampling: {temperature: 0.7}\n    prompt: ").replace("  inputs: [seeds]", "  inputs: [seeds]\n  samples: 4")
+    assert run_cli("validate", write(tmp_path, warm, "warm.yaml")).returncode == 0
+
+
+def test_gold_solutions_need_worked_solutions_from_the_seeds(tmp_path):
+    plain = good_recipe().replace("  limit: 4", "  limit: 4\n  answer_format: plain").replace("  inputs: [seeds]", "  inputs: [seeds]\n  gold_solutions: true")
+    assert_user_error(run_cli("validate", write(tmp_path, plain)), "solve.gold_solutions", "gsm8k")

@@ -134,6 +134,14 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
     for i, inp in enumerate(recipe.solve.inputs):
         if inp != "seeds" and getattr(recipe, inp) is None:
             fail(("solve", "inputs", i), f"solve reads '{inp}', but that stage is not configured")
+    from orca_recipe.recipe.preview import effective_sampling
+
+    if recipe.solve.samples > 1 and not effective_sampling(recipe, recipe.solve.agent).temperature:
+        fail(("solve", "samples"), f"{recipe.solve.samples} samples per problem need a sampling temperature > 0 for agent "
+                                   f"'{recipe.solve.agent}' (greedy samples are all the same; vLLM refuses n > 1 at temperature 0)")
+    if recipe.practice and recipe.iterations > 1 and recipe.practice.samples_per_problem > 1 and recipe.practice.temperature == 0:
+        fail(("practice", "temperature"), f"{recipe.practice.samples_per_problem} samples per problem need a temperature > 0 "
+                                          "(greedy samples are all the same)")
     if recipe.solve.gold_solutions:
         if "seeds" not in recipe.solve.inputs:
             fail(("solve", "gold_solutions"), "gold_solutions takes the seeds' worked solutions, but solve.inputs has no 'seeds'")
