@@ -100,3 +100,19 @@ def test_the_server_command_carries_one_dtype_and_the_sizing(tmp_path, monkeypat
     assert env["OMP_NUM_THREADS"] == "2" and env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a user's own setting wins
     assert VLLMServer(model, served_name="m", log_path=tmp_path / "log", cpu=True, python="python").child_env()["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_local_request_may_take_as_long_as_the_work_in_flight():
+    """On a slow CPU a request still being generated is waited for, not abandoned and re-sent:
+    its timeout is everything the stage can have in flight at 10 tok/s, plus a minute."""
+    from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.runner import LOCAL_FLOOR_TOK_S, Runner
+
+    root = Path(__file__).resolve().parents[1]
+    plan = compile_file(root / "recipes" / "tiny.yaml")
+    runner = Runner(plan)
+    r = plan.recipe
+    practice = plan.stage("practice_2")
+    expected = 60 + r.models["smol"].concurrency * r.practice.samples_per_problem * r.practice.max_tokens / LOCAL_FLOOR_TOK_S
+    assert runner.local_timeout(practice, "student") == expected > r.models["smol"].timeout_s
+    assert runner.local_timeout(plan.stage("eval_base"), "student") == 60 + r.models["smol"].concurrency * r.eval.max_tokens / LOCAL_FLOOR_TOK_S
