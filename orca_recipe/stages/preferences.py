@@ -30,10 +30,10 @@ class ChatFormat:
     def prompt(self, user: str) -> str:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
-    def completion(self, user: str, reply: str) -> str:
-        """The assistant turn as the template writes it after `prompt(user)` (its end-of-turn
-        tokens included)."""
-        head = self.prompt(user)
+    def completion(self, user: str, reply: str, head: str | None = None) -> str:
+        """The assistant turn as the template writes it after `head` = `prompt(user)` (its
+        end-of-turn tokens included); pass `head` when it is already rendered."""
+        head = self.prompt(user) if head is None else head
         full = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": user}, {"role": "assistant", "content": reply}], tokenize=False)
         if not full.startswith(head):
@@ -42,15 +42,13 @@ class ChatFormat:
 
 
 def student_folder(ctx: StageContext) -> str:
-    from orca_recipe.recipe.compile import student_model_path
-
-    path = student_model_path(ctx.recipe)
-    local = ctx.recipe.models[ctx.recipe.training.student].local if ctx.recipe.training else None
-    if local is not None and local.embedded:
+    """The base student's model folder (its tokenizer is every checkpoint's)."""
+    local = ctx.recipe.models[ctx.recipe.training.student].local  # preferences imply training with a local student
+    if local.embedded:
         from orca_recipe.llm.embedded import ensure_embedded_model
 
-        path = str(ensure_embedded_model(local.embedded))
-    return path or ""
+        return str(ensure_embedded_model(local.embedded))
+    return local.path
 
 
 def kto_rows(groups: dict[str, list[Row]], teacher: dict[str, Row], prompt_of, *, max_per_problem: int | None,
@@ -65,8 +63,9 @@ def kto_rows(groups: dict[str, list[Row]], teacher: dict[str, Row], prompt_of, *
         replies = [(s["id"], s["response"], bool(s["correct"]), "student") for s in samples]
         if teacher_fallback and not any(s["correct"] for s in samples) and pid in teacher:
             replies.append((f"{pid}#teacher", teacher[pid]["solution"], True, "teacher"))
-        out = [{"id": rid, "problem_id": pid, "prompt": fmt.prompt(user) if fmt else user,
-                "completion": fmt.completion(user, text) if fmt else text, "label": label, "source": source,
+        prompt = fmt.prompt(user) if fmt else user  # rendered once per problem
+        out = [{"id": rid, "problem_id": pid, "prompt": prompt,
+                "completion": fmt.completion(user, text, prompt) if fmt else text, "label": label, "source": source,
                 "user": user, "response": text} for rid, text, label, source in replies]
         rows.extend(out[:max_per_problem] if max_per_problem else out)
     return rows
