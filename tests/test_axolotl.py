@@ -45,6 +45,7 @@ def test_sft_then_kto_train_for_real(tmp_path, embedded_model_dir):
     sft = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
     assert sft.report["steps"] == 2 and is_model_folder(tmp_path / "sft" / "output")
     assert "Training completed" in (tmp_path / "sft" / "train.log").read_text()
+    assert sft.report["resume_checkpoints_removed_bytes"] > 0 and not list((tmp_path / "sft" / "output").glob("checkpoint-*"))
 
     judged = [{"id": f"p{i}#s{k}", "problem_id": f"p{i}", "question": solved[i]["question"],
                "response": f"#### {i + 2 + k}", "correct": k == 0} for i in range(4) for k in range(2)]

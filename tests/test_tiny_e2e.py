@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +87,7 @@ def test_tiny_recipe_end_to_end_with_kill_and_resume(tmp_path):
         rep = manifests[ev]["report"]
         assert rep["n"] == 12 and accounted(ev) == 12 and rep["ci95"][0] <= rep["pass_at_1"] <= rep["ci95"][1]
     assert (run_dir / "train_2" / "output" / "config.json").is_file()
+    assert not list(run_dir.glob("*/output/checkpoint-*"))  # resume state goes once the model is saved
     report = (run_dir / "report.md").read_text()
     assert "| eval_base | base | 12 |" in report and "| eval_2 | train_2 | 12 |" in report
     assert (run_dir / "pass_at_1.png").stat().st_size > 1000
@@ -97,8 +97,8 @@ def test_tiny_recipe_end_to_end_with_kill_and_resume(tmp_path):
     assert "0 stage(s) ran" in again.stdout and "0 LLM requests made" in again.stdout
 
     moved = tmp_path / "elsewhere" / "run"  # a finished run moved to another folder is still finished
-    shutil.copytree(run_dir, moved)
-    shutil.rmtree(run_dir)
+    moved.parent.mkdir()
+    run_dir.rename(moved)
     again = run_cli(*cli_args(moved), timeout=300)
     assert again.returncode == 0, again.stderr
     assert "0 stage(s) ran" in again.stdout and "0 LLM requests made" in again.stdout
