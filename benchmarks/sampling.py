@@ -48,7 +48,8 @@ from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(cfg["model"])
 texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in cfg["prompts"]]
 llm = LLM(model=cfg["model"], dtype=cfg["dtype"], enforce_eager=True, enable_chunked_prefill=False,
-          max_num_batched_tokens=cfg["max_num_batched_tokens"], kv_cache_memory_bytes=cfg["kv_bytes"], seed=0)
+          max_num_batched_tokens=cfg["max_num_batched_tokens"], kv_cache_memory_bytes=cfg["kv_bytes"], seed=0,
+          **({"max_num_seqs": cfg["max_num_seqs"]} if cfg["max_num_seqs"] else {}))
 sp = SamplingParams(n=cfg["n"], temperature=cfg["temperature"], top_p=cfg["top_p"], max_tokens=cfg["max_tokens"], seed=cfg["seed"])
 llm.generate(texts[:1], SamplingParams(max_tokens=8, seed=1), use_tqdm=False)  # warm-up
 t = time.perf_counter()
@@ -82,7 +83,7 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
 
     sets = [f"practice.problems={len(problems)}", f"practice.samples_per_problem={args.samples}",
             f"practice.max_tokens={args.max_tokens}", "practice.temperature=0.7", "practice.top_p=0.95",
-            f"models.smol.concurrency={len(problems)}"]
+            f"models.smol.concurrency={len(problems)}", *args.overrides]
     plan = compile_file(REPO / "recipes" / "tiny.yaml", sets, WORK / "orca-run")
     stage = next(s for s in plan.stages if s.kind == "practice")
     m = plan.recipe.models["smol"]
@@ -114,7 +115,7 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
         server.stop()
     assert not result.failures, result.failures[:3]
     return {"seconds": seconds, "output_tokens": usage.completion_tokens, "sequences": len(result.rows), "requests": usage.requests,
-            "startup": startup, "dtype": server.dtype, "kv_bytes": int(server.cpu_args()[-1]), "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run seeds it
+            "startup": startup, "dtype": server.dtype, "kv_bytes": server.kv_cache_bytes, "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run seeds it
             "prompts": [ctx.messages(stage.agents[0], problem=p["question"])[-1]["content"] for p in problems]}
 
 
@@ -122,7 +123,8 @@ def raw_side(model_dir: Path, prompts: list[str], seed: int, dtype: str, kv_byte
     from orca_recipe.llm.hardware import cpu_thread_env
 
     cfg = {"model": str(model_dir), "prompts": prompts, "n": args.samples, "temperature": 0.7, "top_p": 0.95,
-           "max_tokens": args.max_tokens, "seed": seed, "max_num_batched_tokens": 8192, "dtype": dtype, "kv_bytes": kv_bytes}
+           "max_tokens": args.max_tokens, "seed": seed, "max_num_batched_tokens": 8192, "dtype": dtype, "kv_bytes": kv_bytes,
+           "max_num_seqs": args.raw_max_num_seqs}
     env = dict(ENV) | cpu_thread_env()  # raw vLLM at its best on this machine, not at its defaults
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     t = time.perf_counter()
@@ -142,6 +144,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=1, help="orca/raw pairs, one after the other")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe override for the orca side, e.g. models.smol.local.max_num_seqs=128")
+    ap.add_argument("--raw-max-num-seqs", type=int, default=None, help="raw vLLM's batch limit (default: vLLM's own, 256 on a CPU)")
     args = ap.parse_args()
     os.environ.update({k: ENV[k] for k in ("HF_HUB_OFFLINE", "LITELLM_LOCAL_MODEL_COST_MAP")})
     from orca_recipe.llm.hardware import cpu_info

@@ -103,3 +103,14 @@ def test_judge_compares_with_gold_and_asks_the_llm_only_where_exact_cannot_decid
 
     assert not needs_llm(ctx("exact_then_llm", ["7", "8", None]))  # no model server is started for this stage
     assert needs_llm(ctx("exact_then_llm", ["7", "x+1"])) and needs_llm(ctx("llm", ["7"])) and not needs_llm(ctx("exact", ["x"]))
+
+
+def test_kto_losses_are_balanced_unless_the_recipe_sets_weights():
+    from orca_recipe.stages.train import kto_weights
+
+    rows = [{"label": True}] * 32 + [{"label": False}] * 122
+    assert kto_weights(rows, {}) == {"kto_desirable_weight": 3.812}  # 3.812 x 32 = 122
+    assert kto_weights(rows, {"kto_desirable_weight": 1.0}) == {}  # the recipe's own choice wins
+    assert kto_weights(rows, {"kto_undesirable_weight": 0.5}) == {}
+    assert kto_weights([{"label": True}] * 5 + [{"label": False}] * 3, {}) == {}  # already balanced
+    assert kto_weights([{"label": False}] * 3, {}) == {}  # nothing desirable: nothing to weight

