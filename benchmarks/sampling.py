@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -77,7 +78,7 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
     from orca_recipe.llm.door import LLM, Endpoint, LLMError, Usage
     from orca_recipe.llm.local import VLLMServer
     from orca_recipe.recipe.compile import compile_file
-    from orca_recipe.runner import local_args
+    from orca_recipe.runner import local_args, local_timeout
     from orca_recipe.stages import practice
     from orca_recipe.stages.base import StageContext
 
@@ -96,6 +97,8 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
         cache_dir = Path(tempfile.mkdtemp(dir=WORK))
         ep = Endpoint.from_recipe("smol", m, api_base=server.api_base, litellm_model=f"hosted_vllm/{EMBEDDED}",
                                   identity=f"bench:{time.time()}")
+        # as the runner sets it: a request waits for the work ahead of it instead of being re-sent
+        ep = dataclasses.replace(ep, timeout_s=max(m.timeout_s, local_timeout(plan.recipe, stage, stage.agents[0])))
         llm = LLM({"smol": ep}, RequestCache(cache_dir / "requests.sqlite"))
 
         async def warm() -> None:
@@ -114,7 +117,7 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
     finally:
         server.stop()
     assert not result.failures, result.failures[:3]
-    return {"seconds": seconds, "output_tokens": usage.completion_tokens, "sequences": len(result.rows), "requests": usage.requests,
+    return {"seconds": seconds, "output_tokens": usage.completion_tokens, "sequences": len(result.rows), "requests": usage.requests, "retries": usage.retries,
             "startup": startup, "dtype": server.dtype, "kv_bytes": server.kv_cache_bytes, "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run seeds it
             "prompts": [ctx.messages(stage.agents[0], problem=p["question"])[-1]["content"] for p in problems]}
 
@@ -166,7 +169,7 @@ def main() -> None:
     for i in range(args.rounds):
         o = orca_side(model_dir, problems, args)
         rates["orca"].append(o["output_tokens"] / o["seconds"])
-        print(f"  orca-recipe practice: {o['sequences']} samples ({o['requests']} requests), {o['output_tokens']} output tokens "
+        print(f"  orca-recipe practice: {o['sequences']} samples ({o['requests']} requests, {o['retries']} retried), {o['output_tokens']} output tokens "
               f"in {o['seconds']:.1f} s = {rates['orca'][-1]:.1f} tok/s (server start {o['startup']:.0f} s, not timed)", flush=True)
         r = raw_side(model_dir, o["prompts"], o["seed"], o["dtype"], o["kv_bytes"], args)
         rates["raw"].append(r["output_tokens"] / r["seconds"])

@@ -131,6 +131,22 @@ def local_args(local: Any) -> list[str]:
     return args + list(local.extra_args)
 
 
+def local_timeout(recipe: Any, stage: StageRun, agent: str) -> float:
+    """Seconds a request to our own server may take: everything the stage can have in
+    flight (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S, plus a
+    minute. A slow CPU then waits for a reply it will get instead of abandoning it and
+    asking again (vLLM drops an abandoned request, so a retry starts from scratch)."""
+    m = recipe.models[recipe.agents[agent].model]
+    max_tokens, n = effective_sampling(recipe, agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
+    if stage.kind == "practice" and recipe.practice:
+        max_tokens, n = recipe.practice.max_tokens, recipe.practice.samples_per_problem
+    elif stage.kind == "eval" and recipe.eval:
+        max_tokens = recipe.eval.max_tokens
+    elif stage.kind == "solve":
+        n = recipe.solve.samples
+    return 60.0 + m.concurrency * n * max_tokens / LOCAL_FLOOR_TOK_S
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -300,26 +316,11 @@ class Runner:
             identity = f"local:{content_id(folder)}:{self.pool.servers[server_key].dtype}"
             endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
             endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
-                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, self.local_timeout(ctx.stage, agent)))
+                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(self.plan.recipe, ctx.stage, agent)))
         ctx.llm = LLM(endpoints, self._cache)
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel
 
-    def local_timeout(self, stage: StageRun, agent: str) -> float:
-        """Seconds a request to our own server may take: everything the stage can have in
-        flight (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S, plus a
-        minute. A slow CPU then waits for a reply it will get instead of abandoning it and
-        asking again (vLLM drops an abandoned request, so a retry starts from scratch)."""
-        recipe = self.plan.recipe
-        m = recipe.models[recipe.agents[agent].model]
-        max_tokens, n = effective_sampling(recipe, agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
-        if stage.kind == "practice" and recipe.practice:
-            max_tokens, n = recipe.practice.max_tokens, recipe.practice.samples_per_problem
-        elif stage.kind == "eval" and recipe.eval:
-            max_tokens = recipe.eval.max_tokens
-        elif stage.kind == "solve":
-            n = recipe.solve.samples
-        return 60.0 + m.concurrency * n * max_tokens / LOCAL_FLOOR_TOK_S
 
     def checkpoint_stage(self, stage: StageRun, agent: str) -> str | None:
         """The training stage whose model this agent runs on here (practice/eval of the student)."""

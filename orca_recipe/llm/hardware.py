@@ -119,8 +119,11 @@ def kv_cache_gib(model_dir: Path, dtype: str, max_num_seqs: int, max_model_len: 
 
 # --------------------------------------------------------------------------- CPU engine
 
-CPU_MAX_NUM_SEQS = 64        # sequences decoded together on a CPU (measured: benchmarks/RESULTS.md)
-TYPICAL_SEQ_TOKENS = 768     # prompt + reply of a word problem, for sizing the KV cache
+# Sequences decoded together on a CPU. vLLM's own API-server default there is 128; at 64 the
+# practice stage (32 problems x 4 samples in flight) ran at 0.86x raw vLLM, at 128 at 0.92x
+# (2-core EPYC, benchmarks/RESULTS.md §6): the server must take the whole batch at once.
+CPU_MAX_NUM_SEQS = 128
+TYPICAL_SEQ_TOKENS = 512     # prompt (~150) + reply (<= 256) of a word problem, for sizing the KV cache
 
 
 def cpu_thread_env(cpu: CpuInfo | None = None) -> dict[str, str]:
