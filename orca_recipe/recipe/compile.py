@@ -317,11 +317,11 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         add_eval(None, "base")
         sft_dir = run_dir / "sft"
         sft_yaml = sft_config(
-            base_model or "", str(sft_dir / "train.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl
+            base_model or "", str(sft_dir / "train.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl.options()
         )
         add(
             "sft", "sft", ("filter",),
-            {"axolotl": tr.sft.axolotl, "launcher": tr.launcher.model_dump(), "base": _model_identity(recipe.models[tr.student])},
+            {"axolotl": tr.sft.axolotl.options(), "launcher": tr.launcher.model_dump(), "base": _model_identity(recipe.models[tr.student])},
             iteration=1, trainer_config=sft_yaml, rows=n_solve,
         )
         last_eval = recipe.eval is not None and recipe.eval.checkpoints == "last"
@@ -348,11 +348,11 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
             st_dir = run_dir / f"train_{it}"
             pref_yaml = preference_config(
                 prefs.kind, str(run_dir / model_stage / "output"), str(run_dir / f"preferences_{it}" / "data.jsonl"),
-                str(st_dir / "output"), str(st_dir / "prepared"), tr.preference.axolotl,
+                str(st_dir / "output"), str(st_dir / "prepared"), tr.preference.axolotl.options(),
             )
             add(
                 f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),
-                {"axolotl": tr.preference.axolotl, "kind": prefs.kind, "launcher": tr.launcher.model_dump()},
+                {"axolotl": tr.preference.axolotl.options(), "kind": prefs.kind, "launcher": tr.launcher.model_dump()},
                 iteration=it, trainer_config=pref_yaml,
             )
             model_stage = f"train_{it}"
