@@ -184,7 +184,7 @@ class AxolotlOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    num_epochs: PositiveFloat | None = None
+    num_epochs: PositiveInt | PositiveFloat | None = None  # an int stays an int in the rendered YAML
     max_steps: PositiveInt | None = None
     micro_batch_size: PositiveInt | None = None
     gradient_accumulation_steps: PositiveInt | None = None
@@ -201,7 +201,7 @@ class AxolotlOptions(BaseModel):
     saves_per_epoch: PositiveInt | None = None
     save_total_limit: PositiveInt | None = None
     lora_r: PositiveInt | None = None
-    lora_alpha: PositiveFloat | None = None
+    lora_alpha: PositiveInt | PositiveFloat | None = None
     lora_dropout: float | None = Field(None, ge=0, lt=1)
     rl_beta: PositiveFloat | None = None
     kto_desirable_weight: PositiveFloat | None = None
