@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -184,7 +184,7 @@ class AxolotlOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    num_epochs: PositiveInt | PositiveFloat | None = None  # an int stays an int in the rendered YAML
+    num_epochs: int | float | None = None  # an int stays an int in the rendered YAML
     max_steps: PositiveInt | None = None
     micro_batch_size: PositiveInt | None = None
     gradient_accumulation_steps: PositiveInt | None = None
@@ -201,13 +201,20 @@ class AxolotlOptions(BaseModel):
     saves_per_epoch: PositiveInt | None = None
     save_total_limit: PositiveInt | None = None
     lora_r: PositiveInt | None = None
-    lora_alpha: PositiveInt | PositiveFloat | None = None
+    lora_alpha: int | float | None = None
     lora_dropout: float | None = Field(None, ge=0, lt=1)
     rl_beta: PositiveFloat | None = None
     kto_desirable_weight: PositiveFloat | None = None
     kto_undesirable_weight: PositiveFloat | None = None
     dataloader_num_workers: NonNegativeInt | None = None
     dataset_num_proc: PositiveInt | None = None
+
+    @field_validator("num_epochs", "lora_alpha")
+    @classmethod
+    def _positive(cls, v: int | float | None) -> int | float | None:
+        if v is not None and v <= 0:
+            raise ValueError("should be greater than 0")
+        return v
 
     def options(self) -> dict[str, Any]:
         """The keys the recipe set, in its order, as Axolotl reads them."""
