@@ -361,7 +361,7 @@ class Runner:
         return folder
 
     def _contamination_questions(self) -> list[str]:
-        from orca_recipe.stages.seeds import load_problems
+        from orca_recipe.problems import load_problems
 
         recipe = self.plan.recipe
         dc = recipe.filters.decontaminate
@@ -374,7 +374,7 @@ class Runner:
         rows = load_problems(
             path, "auto", ev.question_field if ev else "question", ev.answer_field if ev else None, ev.answer_format if ev else "plain",
             limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
-        )
+        ).rows
         return [r["question"] for r in rows]
 
 
