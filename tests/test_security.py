@@ -113,7 +113,8 @@ def test_key_echoed_by_a_chat_401_mid_run_reaches_no_output_or_file(tmp_path):
 
 
 def test_an_unexpected_error_where_a_key_is_in_scope_never_prints_the_key():
-    """typer's pretty tracebacks print every frame's locals by default; ours must not."""
+    """typer can print every frame's locals in its pretty tracebacks (it did by default in
+    older releases); ours must not, whichever typer is installed."""
     import subprocess
     import sys
 
