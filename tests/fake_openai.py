@@ -23,6 +23,8 @@ kind at random too):
     "400"        HTTP 400, context length exceeded (not worth retrying)
     "401"        HTTP 401 (as if the key were rejected)
     "404"        HTTP 404 model not found
+    "trickle"    200 and headers at once, then the body one byte every ``trickle_s`` seconds
+                 (a read timeout between bytes never fires; only a deadline on the whole reply does)
 
 ``require_key="sk-..."`` answers 401 to requests without ``Authorization: Bearer <key>``;
 ``echo_key=True`` puts the received Authorization header into 401 messages (as careless servers
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 FAULTS = ("429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty", "400", "401", "404")
+SLOW_FAULTS = ("trickle",)  # not in FAULTS: a random suite would spend a timeout on each
 
 
 def _h(text: str) -> str:
@@ -128,6 +131,7 @@ class FakeOpenAI:
         fault_seed: int = 0,
         retry_after: float | None = 1,
         hang_s: float = 5.0,
+        trickle_s: float = 2.0,
         latency: float = 0.0,
         ignore_n: bool = False,
         require_key: str | None = None,
@@ -137,14 +141,15 @@ class FakeOpenAI:
         responder=reply_text,
     ):
         for f in [fault, *(faults or [])]:
-            if f is not None and f not in FAULTS:
-                raise ValueError(f"unknown fault {f!r}; one of {FAULTS}")
+            if f is not None and f not in FAULTS + SLOW_FAULTS:
+                raise ValueError(f"unknown fault {f!r}; one of {FAULTS + SLOW_FAULTS}")
         self.fault = fault
         self.fail_first = fail_first
         self.fault_rate = fault_rate
         self.faults = list(faults or ([fault] if fault else []))
         self.retry_after = retry_after
         self.hang_s = hang_s
+        self.trickle_s = trickle_s
         self.latency = latency
         self.ignore_n = ignore_n
         self.require_key = require_key
@@ -394,6 +399,24 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "hang":
             st._stop_hang.wait(st.hang_s)
             return self._reset()
+        if fault == "trickle":
+            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "slow"},
+                                            "finish_reason": "stop"}]}).encode()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for i in range(len(body)):
+                    if st._stop_hang.wait(st.trickle_s):
+                        break
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+            return None
         if fault == "truncated":
             full = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "cut"},

@@ -71,8 +71,9 @@ class ModelEndpoint(Strict):
     rpm: PositiveInt | None = Field(None, description="Requests per minute limit.")
     tpm: PositiveInt | None = Field(None, description="Tokens per minute limit.")
     price: Price | None = None
-    timeout_s: PositiveFloat = 120
+    timeout_s: PositiveFloat = Field(120, description="Deadline for one attempt, the whole reply included.")
     max_retries: NonNegativeInt = 6
+    max_backoff_s: PositiveFloat = Field(300, description="Longest wait before a retry; a Retry-After beyond it fails the request.")
     supports_n: bool = Field(True, description="False: request n samples as n separate seeded calls.")
 
     @model_validator(mode="after")
