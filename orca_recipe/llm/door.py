@@ -438,7 +438,7 @@ _JSON_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"')
 def _short(e: BaseException, limit: int = 240) -> str:
     """``"RateLimitError (HTTP 429): Rate limit reached"``: the class, the status, the server's words."""
     name = type(e).__name__.lstrip("_")
-    text = " ".join(str(e).split())
+    text = " ".join(str(e).split("Traceback (most recent call last)")[0].split())  # litellm can embed one
     while True:
         stripped = _NOISE.sub("", text, count=1)
         if stripped == text:
@@ -662,6 +662,8 @@ class LLM:
                         timeout=ep.timeout_s, num_retries=0, max_retries=0, caching=False, **params), timeout=ep.timeout_s)
                     if not getattr(resp, "choices", None):
                         raise _EmptyChoices("the response has no choices")
+                    if any(getattr(getattr(c, "message", None), "content", None) is None for c in resp.choices):
+                        raise _EmptyChoices("a choice has no content (null): not an answer, not cached")
                 except asyncio.CancelledError:
                     raise
                 except asyncio.TimeoutError:
