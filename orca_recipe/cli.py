@@ -14,7 +14,10 @@ from rich.text import Text
 
 from orca_recipe.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="One YAML recipe for the whole Orca-Math pipeline.")
+# pretty_exceptions_show_locals=False: a traceback of an unexpected error must never print the
+# locals of a frame that holds an API key.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="One YAML recipe for the whole Orca-Math pipeline.")
 out = Console()
 err = Console(stderr=True)
 

@@ -182,8 +182,20 @@ class Runner:
         return list(self.plan.stages)
 
     def is_done(self, stage: StageRun) -> bool:
+        """Complete for this fingerprint, on the inputs as they are now, with no request the
+        endpoint failed (a later run asks those again; answered ones come from the cache)."""
+        m = read_manifest(self.run_dir / stage.name)
+        return bool(m and self.has_output(stage) and not m.get("llm_failures") and m.get("input_data", {}) == self.input_data(stage))
+
+    def has_output(self, stage: StageRun) -> bool:
+        """Finished for this fingerprint (maybe with failures): its rows can feed the next stage."""
         m = read_manifest(self.run_dir / stage.name)
         return bool(m and m.get("complete") and m.get("fingerprint") == stage.fingerprint and (self.run_dir / stage.name / "data.jsonl").is_file())
+
+    def input_data(self, stage: StageRun) -> dict[str, str]:
+        """Content ids of the stage's input datasets: an upstream stage that re-ran and changed
+        its rows (say, it got answers that had failed) makes this stage run again."""
+        return {i: content_id(self.run_dir / i / "data.jsonl") for i in stage.inputs}
 
     # ---- execution -------------------------------------------------------------
     def run(self, until: str | None = None, only: str | None = None) -> list[StageOutcome]:
@@ -219,10 +231,10 @@ class Runner:
                 self.console.print(f"[green]✓[/] {stage.name}: done ({m.get('rows', '?')} rows), fingerprint {stage.fingerprint[:8]} unchanged — skipped")
             return StageOutcome(stage.name, "skipped", 0.0, int(m.get("rows", 0)))
         for inp in stage.inputs:
-            if not self.is_done(self.plan.stage(inp)):
+            if not self.has_output(self.plan.stage(inp)):
                 raise UserError(f"stage '{stage.name}' needs '{inp}', which is not done; run without --only, or with --until {stage.name}")
         inputs = {inp: read_jsonl(self.run_dir / inp / "data.jsonl") for inp in stage.inputs}
-        self._claim(out_dir, stage)
+        self._claim(out_dir, stage, self.input_data(stage))
 
         from orca_recipe.llm.door import LLMError, Usage
 
@@ -248,8 +260,9 @@ class Runner:
         write_jsonl(out_dir / "failures.jsonl", result.failures)
         manifest = {
             "stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint, "complete": True,
-            "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs},
+            "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs}, "input_data": self.input_data(stage),
             "rows": len(result.rows), "rejects": len(result.rejects), "failures": len(result.failures),
+            "llm_failures": sum(1 for f in result.failures if str(f.get("reason", "")).startswith("llm:")),
             "started": started, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
             "usage": usage.__dict__, "report": result.report,
             "files": {"data": "data.jsonl", "rejects": "rejects.jsonl", "failures": "failures.jsonl"},
@@ -261,20 +274,22 @@ class Runner:
         return StageOutcome(stage.name, "ran", seconds, len(result.rows), usage.requests, usage.cache_hits)
 
     @staticmethod
-    def _claim(out_dir: Path, stage: StageRun) -> None:
-        """Mark the folder as this fingerprint's; a folder left by another fingerprint is cleared
-        first, so a changed stage never resumes from stale files (an old Axolotl checkpoint-N)."""
+    def _claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:
+        """Mark the folder as this fingerprint's on these inputs; a folder left by another
+        fingerprint or other inputs is cleared first, so a changed stage never resumes from
+        stale files (an old Axolotl checkpoint-N)."""
         marker = out_dir / "stage.json"
+        mine = {"stage": stage.name, "fingerprint": stage.fingerprint, "input_data": input_data}
         if marker.is_file():
             try:
-                previous = json.loads(marker.read_text()).get("fingerprint")
+                previous = json.loads(marker.read_text())
             except ValueError:
-                previous = None
-            if previous != stage.fingerprint:
+                previous = {}
+            if previous.get("fingerprint") != stage.fingerprint or previous.get("input_data", input_data) != input_data:
                 shutil.rmtree(out_dir)
         elif (out_dir / "manifest.json").is_file():  # complete, but for another fingerprint
             shutil.rmtree(out_dir)
-        atomic_write_text(marker, json.dumps({"stage": stage.name, "fingerprint": stage.fingerprint}))
+        atomic_write_text(marker, json.dumps(mine))
 
     async def _run_async(self, ctx: StageContext) -> StageResult:
         fn = stage_function(ctx.stage.kind)
@@ -361,7 +376,7 @@ class Runner:
         return folder
 
     def _contamination_questions(self) -> list[str]:
-        from orca_recipe.stages.seeds import load_problems
+        from orca_recipe.problems import load_problems
 
         recipe = self.plan.recipe
         dc = recipe.filters.decontaminate
@@ -374,7 +389,7 @@ class Runner:
         rows = load_problems(
             path, "auto", ev.question_field if ev else "question", ev.answer_field if ev else None, ev.answer_format if ev else "plain",
             limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
-        )
+        ).rows
         return [r["question"] for r in rows]
 
 

@@ -23,6 +23,11 @@ kind at random too):
     "400"        HTTP 400, context length exceeded (not worth retrying)
     "401"        HTTP 401 (as if the key were rejected)
     "404"        HTTP 404 model not found
+    "null_content" 200, a choice whose message has ``"content": null``
+    "no_message" 200, a choice without ``message``
+    "length"     200, ``finish_reason: "length"`` and a solution cut off mid-sentence
+    "trickle"    200 and headers at once, then the body one byte every ``trickle_s`` seconds
+                 (a read timeout between bytes never fires; only a deadline on the whole reply does)
 
 ``require_key="sk-..."`` answers 401 to requests without ``Authorization: Bearer <key>``;
 ``echo_key=True`` puts the received Authorization header into 401 messages (as careless servers
@@ -46,6 +51,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 FAULTS = ("429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty", "400", "401", "404")
+SLOW_FAULTS = ("trickle",)
+ODD_FAULTS = ("null_content", "no_message", "length")  # 200 and JSON, but not a usable completion  # not in FAULTS: a random suite would spend a timeout on each
 
 
 def _h(text: str) -> str:
@@ -128,6 +135,7 @@ class FakeOpenAI:
         fault_seed: int = 0,
         retry_after: float | None = 1,
         hang_s: float = 5.0,
+        trickle_s: float = 2.0,
         latency: float = 0.0,
         ignore_n: bool = False,
         require_key: str | None = None,
@@ -137,14 +145,17 @@ class FakeOpenAI:
         responder=reply_text,
     ):
         for f in [fault, *(faults or [])]:
-            if f is not None and f not in FAULTS:
-                raise ValueError(f"unknown fault {f!r}; one of {FAULTS}")
+            if f is not None and f not in FAULTS + SLOW_FAULTS + ODD_FAULTS:
+                raise ValueError(f"unknown fault {f!r}; one of {FAULTS + SLOW_FAULTS + ODD_FAULTS}")
         self.fault = fault
         self.fail_first = fail_first
         self.fault_rate = fault_rate
         self.faults = list(faults or ([fault] if fault else []))
         self.retry_after = retry_after
         self.hang_s = hang_s
+        self.trickle_s = trickle_s
+        self.down_until = 0.0
+        self.always_fail: str | None = None  # a request whose last user message contains this always gets 500
         self.latency = latency
         self.ignore_n = ignore_n
         self.require_key = require_key
@@ -236,9 +247,18 @@ class FakeOpenAI:
             self.bodies.clear()
 
     # ---- decisions (called from handler threads) -----------------------------------------
-    def _pick_fault(self, body_key: str) -> str | None:
+    def outage(self, seconds: float) -> None:
+        """From now on, for `seconds`, every connection is reset: the server is down."""
+        with self._lock:
+            self.down_until = time.monotonic() + seconds
+
+    def _pick_fault(self, body_key: str, prompt: str = "") -> str | None:
         with self._lock:
             self.attempts_by_body[body_key] += 1
+            if time.monotonic() < self.down_until:
+                return "reset"
+            if self.always_fail and self.always_fail in prompt:
+                return "500"
             attempt = self.attempts_by_body[body_key]
             if self.fault and attempt <= self.fail_first:
                 return self.fault
@@ -343,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = body.get("model")
         if st.models is not None and model not in st.models:
             return self._error(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
-        fault = st._pick_fault(body_key)
+        fault = st._pick_fault(body_key, prompt)
         if fault:
             with st._lock:
                 st.faults_served[fault] += 1
@@ -394,6 +414,31 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "hang":
             st._stop_hang.wait(st.hang_s)
             return self._reset()
+        if fault in ODD_FAULTS:
+            choice = {"null_content": {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"},
+                      "no_message": {"index": 0, "finish_reason": "stop"},
+                      "length": {"index": 0, "message": {"role": "assistant", "content": "First, 3 + 4 = 7. Then the"},
+                                 "finish_reason": "length"}}[fault]
+            return self._json(200, {"id": "x", "object": "chat.completion", "created": 0, "model": model, "choices": [choice],
+                                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        if fault == "trickle":
+            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "slow"},
+                                            "finish_reason": "stop"}]}).encode()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for i in range(len(body)):
+                    if st._stop_hang.wait(st.trickle_s):
+                        break
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+            return None
         if fault == "truncated":
             full = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "cut"},

@@ -206,3 +206,53 @@ def test_sigkill_mid_stage_with_faults_then_rerun_matches_uninterrupted_run(faul
             assert read(run_dir, stage, table) == read(faulty.clean_dir, stage, table), (stage, table)
     # ... and with (almost surely) no failures, those datasets are whole
     assert sum(assert_nothing_lost(run_dir).values()) == 0
+
+
+SICK = ["trickle", "429", "null_content", "no_message", "length", "500"]
+
+
+def test_a_sick_endpoint_run_ends_by_itself_and_a_healthy_rerun_completes_it(tmp_path):
+    """Replies that trickle in a byte at a time, Retry-After: 86400, null content, a choice
+    without a message, cut-off solutions, one prompt that always gets 500, and a 6-second
+    outage mid-run. With timeout_s=1, max_retries=2, max_backoff_s=1 the run must end by
+    itself, in a time those three bound, every row accounted for; a healthy rerun then sends
+    only what is missing, keeps no cut-off solution, and a third run sends nothing."""
+    with FakeOpenAI(responder=pipeline_reply, fault_rate=0.35, faults=SICK, fault_seed=7, retry_after=86400, trickle_s=0.4) as srv:
+        recipe = fake_recipe(tmp_path / "sick.yaml", srv.api_base, name="sick",
+                             endpoint={"concurrency": 8, "timeout_s": 1.0, "max_retries": 2, "max_backoff_s": 1.0},
+                             seeds={"limit": 12}, evolve={"limit": 12})
+        seeds = [json.loads(line)["question"] for line in (REPO / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()[:400]]
+        srv.always_fail = "Natalia"  # the first GSM8K train problem mentions her; whichever prompt quotes it fails
+        run_dir = tmp_path / "run"
+        proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "filter"],
+                                cwd=REPO, env=dict(os.environ, COLUMNS="150"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(3)
+        srv.outage(6)
+        try:
+            out, _ = proc.communicate(timeout=240)  # a hang fails here instead of never ending
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the run against a sick endpoint did not end within 240 s")
+        assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+        assert srv.faults_served["trickle"] and srv.faults_served["429"] and srv.faults_served["reset"], srv.faults_served
+        first = {s: manifest(run_dir, s) for s in ("ask_me_anything", "evolve", "solve")}
+        assert sum(m["failures"] for m in first.values()) > 0  # it gave up on some, with reasons
+        for name, m in first.items():
+            assert all(f["reason"] for f in read(run_dir, name, "failures.jsonl")), name
+        assert seeds  # the data the prompts came from is in the repo
+
+        srv.fault_rate, srv.always_fail = 0.0, None  # healthy again
+        delivered = Counter(srv.ok_by_prompt_seed)
+        srv.reset_counters()
+        healed = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter", timeout=240)
+        assert healed.returncode == 0, healed.stderr + healed.stdout[-2000:]
+        repaid = {k for k in srv.ok_by_prompt_seed if delivered[k]}
+        assert not repaid, f"answered requests were sent again: {list(repaid)[:3]}"
+        solved = read(run_dir, "solve")
+        assert solved and all("Then the" not in r["solution"] for r in solved)  # no cut-off solution kept
+        for name in ("ask_me_anything", "evolve", "solve"):
+            assert manifest(run_dir, name)["failures"] == 0, name
+
+        srv.reset_counters()
+        third = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter")
+        assert third.returncode == 0 and srv.total_requests == 0 and "0 LLM requests made" in third.stdout

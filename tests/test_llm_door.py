@@ -97,7 +97,7 @@ FAULT_CASES = [(f, m) for f in ["429", "500", "503", "reset", "truncated", "nonj
 @pytest.mark.parametrize("fault,model", FAULT_CASES)
 def test_each_fault_is_retried(tmp_path, fault, model):
     with FakeOpenAI(fault=fault, fail_first=2, retry_after=0, hang_s=5) as srv:
-        llm = make_llm(tmp_path, srv, litellm_model=model, timeout_s=0.5)
+        llm = make_llm(tmp_path, srv, litellm_model=model, timeout_s=2.0)  # the first call also builds the SDK client
         u = Usage()
         c = asyncio.run(llm.complete("m", msgs(f"q {fault}"), {"max_tokens": 16}, usage=u))
         assert c.text == reply_text(f"q {fault}", 0, 0)
@@ -116,6 +116,34 @@ def test_retry_after_is_honoured(tmp_path):
         dt = time.monotonic() - t
         assert c.text == reply_text("slow down", 0, 0)
         assert 0.95 <= dt < 3.0, dt  # backoff base is 0.01 s: the wait came from Retry-After
+
+
+def test_a_retry_after_beyond_max_backoff_fails_instead_of_sleeping(tmp_path):
+    with FakeOpenAI(fault="429", fail_first=1, retry_after=86400) as srv:
+        llm = make_llm(tmp_path, srv, max_backoff_s=5)
+        u = Usage()
+        t = time.monotonic()
+        with pytest.raises(LLMError) as ei:
+            asyncio.run(llm.complete("m", msgs("come back tomorrow"), {}, usage=u))
+        assert time.monotonic() - t < 3 and "86400 s, beyond max_backoff_s=5" in ei.value.reason
+        assert srv.total_requests == 1 and u.failures == 1 and len(llm.cache) == 0
+        # nothing lost: a later call (the endpoint healthy again) asks again and is answered
+        assert asyncio.run(llm.complete("m", msgs("come back tomorrow"), {})).text == reply_text("come back tomorrow", 0, 0)
+
+
+def test_timeout_is_a_deadline_for_the_whole_reply_not_each_byte(tmp_path):
+    """A body that trickles in a byte every 0.3 s never trips a per-read timeout; the
+    attempt's deadline does, and the request ends within attempts x timeout + backoff."""
+    with FakeOpenAI(fault="trickle", fail_first=10**6, trickle_s=0.3) as srv:
+        llm = make_llm(tmp_path, srv, timeout_s=1.0, max_retries=2, max_backoff_s=0.5)
+        u = Usage()
+        t = time.monotonic()
+        with pytest.raises(LLMError) as ei:
+            asyncio.run(llm.complete("m", msgs("drip"), {}, usage=u))
+        dt = time.monotonic() - t
+        assert dt < 3 * 1.0 + 2 * 0.5 + 1.5, dt  # 3 attempts of 1 s, 2 waits of at most 0.5 s, slack
+        assert "timeout_s=1" in ei.value.reason and ei.value.attempts == 3 and srv.total_requests == 3
+        assert u.retries == 2 and u.failures == 1
 
 
 def test_permanent_failure_is_llm_error(tmp_path):

@@ -99,6 +99,23 @@ def test_negative_count(tmp_path):
     assert_user_error(run_cli("validate", p), f"{p}:16:3", "solve.samples", "greater than 0")
 
 
+def test_training_counts_and_rates_are_range_checked_before_a_run(tmp_path):
+    """Axolotl's keys pass through verbatim, but a count, size, rate or fraction out of range
+    is a recipe error with its line, not a failed training run an hour later."""
+    student = "  s:\n    local: {embedded: smollm2-135m-instruct}\n"
+    base = good_recipe().replace("models:\n", "models:\n" + student) + "training:\n  student: s\n"
+    cases = [("sft", "num_epochs", "0", "greater than 0"), ("sft", "micro_batch_size", "-4", "greater than 0"),
+             ("preference", "gradient_accumulation_steps", "0", "greater than 0"), ("sft", "learning_rate", "-1.0e-4", "greater than 0"),
+             ("sft", "warmup_ratio", "1.5", "less than 1"), ("preference", "lora_dropout", "-0.1", "greater than or equal to 0"),
+             ("sft", "sequence_len", "many", "valid integer")]
+    for part, key, value, why in cases:
+        p = write(tmp_path, base + f"  {part}:\n    axolotl:\n      bf16: false\n      {key}: {value}\n")
+        line = base.count("\n") + 4
+        assert_user_error(run_cli("validate", p), f"{p}:{line}:", f"training.{part}.axolotl.{key}", why)
+    p = write(tmp_path, base + "  sft:\n    axolotl: {num_epochs: 2, lr_scheduler: cosine, some_new_axolotl_key: [1, 2]}\n")
+    assert run_cli("validate", p).returncode == 0  # any other Axolotl key passes through
+
+
 def test_missing_required_key(tmp_path):
     p = write(tmp_path, good_recipe().replace("  agent: solver\n", ""))
     assert_user_error(run_cli("validate", p), "solve.agent", "required")

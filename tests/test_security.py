@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,27 @@ def test_key_echoed_by_a_chat_401_mid_run_reaches_no_output_or_file(tmp_path):
     assert any(p.name == "requests.sqlite" for p in files)
     for p in files:
         assert b"PLANTED" not in p.read_bytes(), p
+
+
+def test_an_unexpected_error_where_a_key_is_in_scope_never_prints_the_key():
+    """typer can print every frame's locals in its pretty tracebacks (it did by default in
+    older releases); ours must not, whichever typer is installed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from orca_recipe import cli\n"
+        "@cli.app.command('boom')\n"
+        "def boom():\n"
+        "    api_key = os.environ['ORCA_TEST_SECRET']\n"
+        "    headers = {'Authorization': 'Bearer ' + api_key}\n"
+        "    raise RuntimeError('something nobody planned for')\n"
+        "sys.argv = ['orca-recipe', 'boom']\n"
+        "cli.main()\n"
+    )
+    secret = "sk-test-5f0c1a9e77d24b8b"
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, ORCA_TEST_SECRET=secret, COLUMNS="200"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "something nobody planned for" in proc.stderr + proc.stdout  # the error itself is shown
+    assert secret not in proc.stderr + proc.stdout

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from orca_recipe.recipe.schema import ModelEndpoint
 
 DEFAULT_MAX_TOKENS_ESTIMATE = 512   # tokens assumed for a reply when max_tokens is unset
-MAX_RETRY_AFTER_S = 300.0           # never sleep longer than this on a server's Retry-After
+MAX_RETRY_AFTER_S = 300.0           # default max_backoff_s: the longest wait before a retry
 PREFLIGHT_TIMEOUT_S = 5.0
 
 
@@ -67,8 +67,9 @@ class Endpoint:
     rpm: int | None = None
     tpm: int | None = None
     price: tuple[float, float] | None = None  # USD per token (input, output)
-    timeout_s: float = 120
+    timeout_s: float = 120     # a deadline for the whole attempt: connect, wait, and the body to its last byte
     max_retries: int = 6
+    max_backoff_s: float = MAX_RETRY_AFTER_S  # a Retry-After beyond this fails the request instead of sleeping
     supports_n: bool = True
 
     @classmethod
@@ -96,6 +97,7 @@ class Endpoint:
             price=price,
             timeout_s=float(m.timeout_s),
             max_retries=m.max_retries,
+            max_backoff_s=float(m.max_backoff_s),
             supports_n=m.supports_n,
         )
 
@@ -326,6 +328,10 @@ class _LoopState:
 _RETRY, _FAIL, _AUTH, _NOTFOUND, _CONFIG, _QUOTA = "retry", "fail", "auth", "notfound", "config", "quota"
 
 
+class _Deadline(TimeoutError):
+    """An attempt that did not finish within the endpoint's timeout_s (body included)."""
+
+
 class _EmptyChoices(Exception):
     """A 200 whose body we cannot use (empty choices): retried like a 5xx."""
 
@@ -432,7 +438,7 @@ _JSON_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"')
 def _short(e: BaseException, limit: int = 240) -> str:
     """``"RateLimitError (HTTP 429): Rate limit reached"``: the class, the status, the server's words."""
     name = type(e).__name__.lstrip("_")
-    text = " ".join(str(e).split())
+    text = " ".join(str(e).split("Traceback (most recent call last)")[0].split())  # litellm can embed one
     while True:
         stripped = _NOISE.sub("", text, count=1)
         if stripped == text:
@@ -649,13 +655,19 @@ class LLM:
                     await st.tpm.acquire(estimate)
                 token = _INLINE_SETUP.set(inline)
                 try:
-                    resp = await litellm.acompletion(
+                    # wait_for: litellm's timeout bounds each read, so a body trickling in a byte at
+                    # a time would never end; this bounds the attempt as a whole.
+                    resp = await asyncio.wait_for(litellm.acompletion(
                         model=ep.litellm_model, messages=messages, api_base=ep.api_base, api_key=api_key,
-                        timeout=ep.timeout_s, num_retries=0, max_retries=0, caching=False, **params)
+                        timeout=ep.timeout_s, num_retries=0, max_retries=0, caching=False, **params), timeout=ep.timeout_s)
                     if not getattr(resp, "choices", None):
                         raise _EmptyChoices("the response has no choices")
+                    if any(getattr(getattr(c, "message", None), "content", None) is None for c in resp.choices):
+                        raise _EmptyChoices("a choice has no content (null): not an answer, not cached")
                 except asyncio.CancelledError:
                     raise
+                except asyncio.TimeoutError:
+                    err = _Deadline(f"no complete reply within timeout_s={ep.timeout_s:g} s")
                 except Exception as e:  # classified below, outside the except block (no key-bearing context)
                     err = e
                 finally:
@@ -691,6 +703,11 @@ class LLM:
                     usage.failures += 1
                 raise LLMError(reason, endpoint=ep.name, attempts=attempt + 1)
             # retryable
+            if retry_after is not None and retry_after > ep.max_backoff_s:
+                if usage is not None:
+                    usage.failures += 1
+                raise LLMError(f"the server asked to retry after {retry_after:.0f} s, beyond max_backoff_s={ep.max_backoff_s:g} "
+                               f"({reason})", endpoint=ep.name, attempts=attempt + 1)
             if attempt >= ep.max_retries:
                 if refused and ep.name not in self._ever_ok:
                     raise self._fail_endpoint(ep, f"cannot reach {ep.api_base or ep.litellm_model}: connection "
@@ -700,7 +717,7 @@ class LLM:
                 raise LLMError(reason, endpoint=ep.name, attempts=attempt + 1)
             if usage is not None:
                 usage.retries += 1
-            await asyncio.sleep(self._backoff(attempt, retry_after))
+            await asyncio.sleep(min(self._backoff(attempt, retry_after), ep.max_backoff_s))
             attempt += 1
 
     # ---- turning responses into completions -----------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
+from orca_recipe.problems import count_problems
 from orca_recipe.prompts import Prompt, check_template, load_prompt
 from orca_recipe.recipe.load import Loaded, load_recipe
 from orca_recipe.recipe.schema import Agent, ModelEndpoint, Recipe
@@ -186,19 +187,6 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
 # --------------------------------------------------------------------------- counting
 
 
-def count_rows(path: str, answer_field: str | None = None, answer_format: str = "plain", max_steps: int | None = None) -> int | None:
-    """Rows in a JSONL file (those within `max_steps` when set); None when unknown or missing."""
-    p = Path(path)
-    if not (p.is_file() and p.suffix in (".jsonl", ".ndjson")):
-        return None
-    with p.open("rb") as f:
-        if max_steps is None or not answer_field:
-            return sum(1 for line in f if line.strip())
-        from orca_recipe.answers import solution_steps
-
-        return sum(1 for line in f if line.strip() and solution_steps(str(json.loads(line).get(answer_field, "")), answer_format) <= max_steps)
-
-
 def _limited(n: int | None, limit: int | None) -> int | None:
     if n is None:
         return limit
@@ -256,7 +244,8 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
 
     # Seeds ------------------------------------------------------------------
     seeds = recipe.seeds
-    file_rows = count_rows(seeds.path, seeds.answer_field, seeds.answer_format, seeds.max_solution_steps)
+    file_rows = count_problems(seeds.path, seeds.format, seeds.question_field, seeds.answer_field, seeds.answer_format,
+                               seeds.max_solution_steps, key="seeds.path")
     if not Path(seeds.path).exists():
         warnings.append(f"seeds.path {seeds.path} does not exist yet; `run` will need it")
     seed_rows = _limited(file_rows, seeds.limit)
@@ -301,7 +290,8 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     if recipe.eval:
         ev_cfg = recipe.eval.model_dump(exclude={"path"}) | {"data": content_id(recipe.eval.path)}
         ev = recipe.eval
-        n_eval = _limited(count_rows(ev.path, ev.answer_field, ev.answer_format, ev.max_solution_steps), ev.limit)
+        n_eval = _limited(count_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format, ev.max_solution_steps,
+                                         key="eval.path", need_gold=True), ev.limit)
         if not Path(recipe.eval.path).exists():
             warnings.append(f"eval.path {recipe.eval.path} does not exist yet; `run` will need it")
 
@@ -317,11 +307,11 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         add_eval(None, "base")
         sft_dir = run_dir / "sft"
         sft_yaml = sft_config(
-            base_model or "", str(sft_dir / "train.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl
+            base_model or "", str(sft_dir / "train.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl.options()
         )
         add(
             "sft", "sft", ("filter",),
-            {"axolotl": tr.sft.axolotl, "launcher": tr.launcher.model_dump(), "base": _model_identity(recipe.models[tr.student])},
+            {"axolotl": tr.sft.axolotl.options(), "launcher": tr.launcher.model_dump(), "base": _model_identity(recipe.models[tr.student])},
             iteration=1, trainer_config=sft_yaml, rows=n_solve,
         )
         last_eval = recipe.eval is not None and recipe.eval.checkpoints == "last"
@@ -348,11 +338,11 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
             st_dir = run_dir / f"train_{it}"
             pref_yaml = preference_config(
                 prefs.kind, str(run_dir / model_stage / "output"), str(run_dir / f"preferences_{it}" / "data.jsonl"),
-                str(st_dir / "output"), str(st_dir / "prepared"), tr.preference.axolotl,
+                str(st_dir / "output"), str(st_dir / "prepared"), tr.preference.axolotl.options(),
             )
             add(
                 f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),
-                {"axolotl": tr.preference.axolotl, "kind": prefs.kind, "launcher": tr.launcher.model_dump()},
+                {"axolotl": tr.preference.axolotl.options(), "kind": prefs.kind, "launcher": tr.launcher.model_dump()},
                 iteration=it, trainer_config=pref_yaml,
             )
             model_stage = f"train_{it}"

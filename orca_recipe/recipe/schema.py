@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -71,8 +71,9 @@ class ModelEndpoint(Strict):
     rpm: PositiveInt | None = Field(None, description="Requests per minute limit.")
     tpm: PositiveInt | None = Field(None, description="Tokens per minute limit.")
     price: Price | None = None
-    timeout_s: PositiveFloat = 120
+    timeout_s: PositiveFloat = Field(120, description="Deadline for one attempt, the whole reply included.")
     max_retries: NonNegativeInt = 6
+    max_backoff_s: PositiveFloat = Field(300, description="Longest wait before a retry; a Retry-After beyond it fails the request.")
     supports_n: bool = Field(True, description="False: request n samples as n separate seeded calls.")
 
     @model_validator(mode="after")
@@ -176,10 +177,55 @@ class Filters(Strict):
     decontaminate: Decontaminate | None = Field(default_factory=Decontaminate)
 
 
+class AxolotlOptions(BaseModel):
+    """Axolotl's own config keys, passed through verbatim (any key Axolotl knows). The counts,
+    sizes, rates and fractions below are range-checked here, so a zero batch or a negative
+    learning rate fails `validate` with its file:line instead of a training run later;
+    `validate --check-axolotl` runs Axolotl's full schema on top."""
+
+    model_config = ConfigDict(extra="allow")
+
+    num_epochs: int | float | None = None  # an int stays an int in the rendered YAML
+    max_steps: PositiveInt | None = None
+    micro_batch_size: PositiveInt | None = None
+    gradient_accumulation_steps: PositiveInt | None = None
+    eval_batch_size: PositiveInt | None = None
+    sequence_len: PositiveInt | None = None
+    learning_rate: PositiveFloat | None = None
+    warmup_steps: NonNegativeInt | None = None
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    weight_decay: NonNegativeFloat | None = None
+    max_grad_norm: PositiveFloat | None = None
+    val_set_size: float | None = Field(None, ge=0)
+    logging_steps: PositiveInt | None = None
+    save_steps: PositiveInt | None = None
+    saves_per_epoch: PositiveInt | None = None
+    save_total_limit: PositiveInt | None = None
+    lora_r: PositiveInt | None = None
+    lora_alpha: int | float | None = None
+    lora_dropout: float | None = Field(None, ge=0, lt=1)
+    rl_beta: PositiveFloat | None = None
+    kto_desirable_weight: PositiveFloat | None = None
+    kto_undesirable_weight: PositiveFloat | None = None
+    dataloader_num_workers: NonNegativeInt | None = None
+    dataset_num_proc: PositiveInt | None = None
+
+    @field_validator("num_epochs", "lora_alpha")
+    @classmethod
+    def _positive(cls, v: int | float | None) -> int | float | None:
+        if v is not None and v <= 0:
+            raise ValueError("should be greater than 0")
+        return v
+
+    def options(self) -> dict[str, Any]:
+        """The keys the recipe set, in its order, as Axolotl reads them."""
+        return self.model_dump(exclude_unset=True)
+
+
 class Axolotl(Strict):
     """An Axolotl stage: `axolotl:` is merged over the computed defaults, key by key."""
 
-    axolotl: dict[str, Any] = Field(default_factory=dict)
+    axolotl: AxolotlOptions = Field(default_factory=AxolotlOptions)
 
 
 class Launcher(Strict):

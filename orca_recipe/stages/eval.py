@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from orca_recipe.answers import equivalent, extract_final
 from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
-from orca_recipe.stages.seeds import load_problems
+from orca_recipe.problems import load_problems
 from orca_recipe.stats import wilson  # re-exported: one copy, in orca_recipe.stats
 
 
 async def run(ctx: StageContext) -> StageResult:
     ev = ctx.recipe.eval
     assert ev is not None
-    problems = load_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format,
-                             limit=ev.limit, shuffle=False, seed=0, prefix="eval", key="eval.path", max_steps=ev.max_solution_steps)
+    got = load_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format, limit=ev.limit, shuffle=False,
+                        seed=0, prefix="eval", key="eval.path", max_steps=ev.max_solution_steps, need_gold=True)
+    problems = got.rows  # a problem whose gold cannot be parsed is a reject, not a wrong answer
     ctx.set_total(len(problems))
 
     async def one(p: Row) -> tuple[Row | None, Row | None]:
@@ -32,4 +33,4 @@ async def run(ctx: StageContext) -> StageResult:
     correct = sum(r["correct"] for r in rows)
     lo, hi = wilson(correct, n)
     model = ctx.stage.config.get("model_from") or "base"
-    return StageResult(rows=rows, failures=failures, report={"model": model, "n": n, "correct": correct, "pass_at_1": correct / n if n else 0.0, "ci95": [lo, hi]})
+    return StageResult(rows=rows, rejects=got.rejects, failures=failures, report={"model": model, "n": n, "correct": correct, "pass_at_1": correct / n if n else 0.0, "ci95": [lo, hi]})

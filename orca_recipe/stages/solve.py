@@ -1,4 +1,5 @@
 """The teacher solves every problem: k samples, answer agreement, length cap, gold check.
+A sample cut off at max_tokens (finish_reason "length") never counts as an answer.
 
 Two ways to ground a weak teacher in gold (the paper's DMath rule, §3.2): `gold_solutions`
 takes a seed's own worked solution instead of asking the model, and `keep_if_gold_matches`
@@ -50,17 +51,18 @@ async def run(ctx: StageContext) -> StageResult:
             return "failure", failure_row(p["id"], "solve", f"llm: {e}")
         finally:
             ctx.advance(1)
-        return judge_samples(p, [c.text for c in comps])
+        return judge_samples(p, [c.text for c in comps], [c.finish_reason == "length" for c in comps])
 
-    def judge_samples(p: Row, texts: list[str]) -> tuple[str, Row]:
+    def judge_samples(p: Row, texts: list[str], cut: list[bool]) -> tuple[str, Row]:
         base = lineage(p)
         samples = []
-        for text in texts:
+        for text, was_cut in zip(texts, cut):
             ans, how = extract_final(text)
-            samples.append((text.strip(), ans, how))
+            samples.append((text.strip(), None if was_cut else ans, how))  # a reply cut at max_tokens has no final answer
         answered = [s for s in samples if s[1] is not None]
         if not answered:
-            return "reject", base | {"reason": "no_final_answer", "solution": samples[0][0][:2000]}
+            reason = "cut_off: every sample reached max_tokens" if all(cut) else "no_final_answer"
+            return "reject", base | {"reason": reason, "solution": samples[0][0][:2000]}
         fits = [s for s in answered if cfg.max_answer_chars is None or len(s[0]) <= cfg.max_answer_chars]
         gold = p.get("gold")
         if cfg.keep_if_gold_matches and gold is not None:
