@@ -12,6 +12,7 @@ import csv
 import json
 import random
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,30 +33,71 @@ def data_format(path: Path, declared: str = "auto") -> str:
     return FORMATS.get(path.suffix.lower(), "jsonl")
 
 
-def records(path: str | Path, fmt: str = "auto", *, key: str) -> list[tuple[int, Any]]:
-    """(line, record) for every record of the file; `line` is the file line for JSONL and CSV,
-    the 1-based position otherwise. Raises UserError (file:line) when the file is unreadable."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"data not found: {p}", key=key)
-    fmt = data_format(p, fmt)
+class Records:
+    """The records of a problem file, by position: `len`, `get(i)` -> (line, record), and
+    `scan()` in file order. JSON Lines are indexed by byte offset and parsed on demand, so
+    taking `limit` shuffled rows of a 200k-row file parses about `limit` lines and holds no
+    more than their offsets; the other formats are read whole by their libraries."""
+
+    def __init__(self, path: str | Path, fmt: str = "auto", *, key: str):
+        self.path, self.key = Path(path), key
+        if not self.path.exists():
+            raise UserError(f"data not found: {self.path}", key=key)
+        self.fmt = data_format(self.path, fmt)
+        self._offsets: list[tuple[int, int]] = []  # JSONL: (line number, byte offset) of each record
+        self._items: list[tuple[int, Any]] = []
+        with self._errors():
+            if self.fmt == "jsonl":
+                with self.path.open("rb") as f:
+                    offset = 0
+                    for lineno, raw in enumerate(f, 1):
+                        if raw.strip() and not (lineno == 1 and raw.strip() == b"\xef\xbb\xbf"):
+                            self._offsets.append((lineno, offset))
+                        offset += len(raw)
+            else:
+                self._items = list(_READERS[self.fmt](self.path, key))
+
+    def __len__(self) -> int:
+        return len(self._offsets) if self.fmt == "jsonl" else len(self._items)
+
+    def get(self, i: int) -> tuple[int, Any]:
+        if self.fmt != "jsonl":
+            return self._items[i]
+        lineno, offset = self._offsets[i]
+        with self._errors(), self.path.open("rb") as f:
+            f.seek(offset)
+            raw = f.readline()
+            return lineno, _parse_jsonl_line(raw.decode("utf-8-sig" if offset == 0 else "utf-8"), self.path, lineno, self.key)
+
+    def scan(self) -> Iterator[tuple[int, Any]]:
+        if self.fmt != "jsonl":
+            yield from self._items
+            return
+        with self._errors():
+            yield from _jsonl(self.path, self.key)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except UnicodeDecodeError as e:
+            raise UserError(f"{self.path} is not UTF-8 text ({self.fmt}): byte {e.start}: {e.reason}", key=self.key) from None
+        except OSError as e:
+            raise UserError(f"cannot read {self.path}: {e.strerror or e}", key=self.key) from None
+
+
+def _parse_jsonl_line(line: str, p: Path, lineno: int, key: str) -> Any:
     try:
-        return list(_READERS[fmt](p, key))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p} is not UTF-8 text ({fmt}): byte {e.start}: {e.reason}", key=key) from None
-    except OSError as e:
-        raise UserError(f"cannot read {p}: {e.strerror or e}", key=key) from None
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"not JSON Lines: {e.msg} (column {e.colno})", where=f"{p}:{lineno}", key=key) from None
 
 
 def _jsonl(p: Path, key: str) -> Iterator[tuple[int, Any]]:
     with p.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"not JSON Lines: {e.msg} (column {e.colno})", where=f"{p}:{lineno}", key=key) from None
+            if line.strip():
+                yield lineno, _parse_jsonl_line(line, p, lineno, key)
 
 
 def _json(p: Path, key: str) -> Iterator[tuple[int, Any]]:
@@ -110,24 +152,24 @@ def _hf_disk(p: Path, key: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(ds.to_list(), 1)
 
 
-_READERS = {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet, "hf_disk": _hf_disk}
+_READERS = {"json": _json, "csv": _csv, "parquet": _parquet, "hf_disk": _hf_disk}  # JSONL: Records indexes it
 
 
 @dataclass
 class Problems:
     """What a problem file yielded: `rows` kept (after order and limit), `rejects` with line and
-    reason, and how many records were read."""
+    reason; records past the point where `limit` rows were kept are not read."""
 
     rows: list[Row]
     rejects: list[Row] = field(default_factory=list)
-    read: int = 0
+    records: int = 0        # in the file
+    read: int = 0           # looked at: kept + rejected + outside_steps
     outside_steps: int = 0  # usable rows left out by max_solution_steps
-    beyond_limit: int = 0   # usable rows left out by limit
 
     def report(self) -> dict[str, Any]:
-        return {"read": self.read, "kept": len(self.rows), "rejected": len(self.rejects),
+        return {"records": self.records, "read": self.read, "kept": len(self.rows), "rejected": len(self.rejects),
                 "rejected_by_reason": dict(Counter(r["reason"].split(":")[0] for r in self.rejects)),
-                "outside_max_solution_steps": self.outside_steps, "beyond_limit": self.beyond_limit}
+                "outside_max_solution_steps": self.outside_steps, "not_read": self.records - self.read}
 
 
 def _check(rec: Any, question_field: str, answer_field: str | None, answer_format: str, need_gold: bool) -> tuple[Row | None, str | None]:
@@ -155,42 +197,53 @@ def load_problems(path: str, fmt: str, question_field: str, answer_field: str | 
     """Rows `{id, question, answer, gold, source_index, source_line}` of a problem file, shuffled
     (by `seed`), restricted to `max_steps` reference steps, then to `limit`. Row ids (`prefix-i`,
     i the record's 0-based position) and order do not change when a bad row is added or fixed."""
-    recs = records(path, fmt, key=key)
-    if not recs:
+    src = Records(path, fmt, key=key)
+    if not len(src):
         raise UserError(f"{path} holds no rows", key=key)
-    checked = [_check(rec, question_field, answer_field, answer_format, need_gold) for _, rec in recs]
-    if not any(isinstance(rec, dict) and question_field in rec for _, rec in recs):  # the recipe names the wrong field
-        fields = next((list(rec) for _, rec in recs if isinstance(rec, dict)), [])
-        raise UserError(f"no row of {path} has a field '{question_field}' (fields: {', '.join(map(str, fields)) or 'none'})", key=key)
-    out = Problems(rows=[], read=len(recs))
-    for idx, ((line, _), (ok, reason)) in enumerate(zip(recs, checked)):
-        if ok is None:
-            out.rejects.append({"id": f"{prefix}-{idx}", "source_index": idx, "source_line": line, "reason": f"{reason} ({path}:{line})"})
-    if len(out.rejects) == len(recs):
-        reasons = Counter(r["reason"].split(" (")[0] for r in out.rejects).most_common(3)
-        raise UserError(f"no usable row in {path}: every one of {len(recs)} was rejected ({'; '.join(f'{n}x {r}' for r, n in reasons)}); "
-                        f"first: {out.rejects[0]['reason']}", key=key)
-    order = list(range(len(recs)))
+    order = list(range(len(src)))
     if shuffle:
         random.Random(seed).shuffle(order)
-    order = [i for i in order if checked[i][0] is not None]
-    if max_steps is not None and answer_field:
-        within = [i for i in order if solution_steps(checked[i][0]["answer"], answer_format) <= max_steps]  # type: ignore[index]
-        out.outside_steps = len(order) - len(within)
-        order = within
-    if limit is not None:
-        out.beyond_limit = max(0, len(order) - limit)
-        order = order[:limit]
-    out.rows = [{"id": f"{prefix}-{i}", **checked[i][0], "source_index": i, "source_line": recs[i][0]} for i in order]  # type: ignore[dict-item]
+    out = Problems(rows=[], records=len(src))
+    field_seen = False
+    for i in order:
+        if limit is not None and len(out.rows) >= limit:
+            break
+        line, rec = src.get(i)
+        out.read += 1
+        field_seen = field_seen or (isinstance(rec, dict) and question_field in rec)
+        ok, reason = _check(rec, question_field, answer_field, answer_format, need_gold)
+        if ok is None:
+            out.rejects.append({"id": f"{prefix}-{i}", "source_index": i, "source_line": line, "reason": f"{reason} ({path}:{line})"})
+        elif max_steps is not None and answer_field and solution_steps(ok["answer"], answer_format) > max_steps:
+            out.outside_steps += 1
+        else:
+            out.rows.append({"id": f"{prefix}-{i}", **ok, "source_index": i, "source_line": line})
+    if not out.rows:
+        if not field_seen:  # the recipe names the wrong field
+            fields = next((list(rec) for _, rec in (src.get(j) for j in range(min(len(src), 50))) if isinstance(rec, dict)), [])
+            raise UserError(f"no row of {path} has a field '{question_field}' (fields: {', '.join(map(str, fields)) or 'none'})", key=key)
+        if out.rejects:
+            reasons = Counter(r["reason"].split(" (")[0] for r in out.rejects).most_common(3)
+            raise UserError(f"no usable row in {path}: {len(out.rejects)} of {out.read} rejected ({'; '.join(f'{n}x {r}' for r, n in reasons)})"
+                            + (f", {out.outside_steps} beyond max_solution_steps={max_steps}" if out.outside_steps else "")
+                            + f"; first: {out.rejects[0]['reason']}", key=key)
+        raise UserError(f"no row of {path} has at most max_solution_steps={max_steps} reference steps", key=key)
     return out
 
 
 def count_problems(path: str, fmt: str, question_field: str, answer_field: str | None, answer_format: str,
                    max_steps: int | None, *, key: str, need_gold: bool = False) -> int | None:
     """Usable rows within `max_steps` (for `plan`'s call counts), None while the file is missing.
-    Malformed files fail here, at `validate`, with the same file:line as at `run`."""
+    One pass in file order, nothing kept; a malformed file fails here, at `validate`, with the
+    same file:line as at `run`."""
     if not Path(path).exists():
         return None
-    got = load_problems(path, fmt, question_field, answer_field, answer_format, limit=None, shuffle=False, seed=0,
-                        prefix="count", key=key, max_steps=max_steps, need_gold=need_gold)
-    return len(got.rows)
+    n = 0
+    for _, rec in Records(path, fmt, key=key).scan():
+        ok, _ = _check(rec, question_field, answer_field, answer_format, need_gold)
+        if ok is not None and not (max_steps is not None and answer_field and solution_steps(ok["answer"], answer_format) > max_steps):
+            n += 1
+    if n == 0:
+        load_problems(path, fmt, question_field, answer_field, answer_format, limit=None, shuffle=False, seed=0,
+                      prefix="count", key=key, max_steps=max_steps, need_gold=need_gold)  # raises the precise error
+    return n

@@ -59,13 +59,13 @@ def test_droppable_rows_are_rejects_with_line_and_reason(tmp_path):
              '{"question": ["a"], "answer": "#### 1"}\n', '{"answer": "#### 1"}\n', GOOD.replace("apples", "pears")]
     p = write(tmp_path, "mixed.jsonl", "".join(lines))
     got = load(p)
-    assert [r["source_line"] for r in got.rows] == [1, 9] and got.read == 8
+    assert [r["source_line"] for r in got.rows] == [1, 9] and got.read == got.records == 8
     assert {r["source_line"]: r["reason"].split(" (")[0] for r in got.rejects} == {
         2: "not an object: a JSON list", 4: "not an object: a JSON int", 5: "'question' is null", 6: "'question' is empty",
         7: "'question' is a list, not text", 8: "no 'question'"}
     assert all(f"{p}:{r['source_line']}" in r["reason"] for r in got.rejects)
     rep = got.report()
-    assert rep["read"] == rep["kept"] + rep["rejected"] + rep["outside_max_solution_steps"] + rep["beyond_limit"]
+    assert rep["read"] == rep["kept"] + rep["rejected"] + rep["outside_max_solution_steps"] and rep["not_read"] == 0
 
 
 def test_a_bom_does_not_hide_the_first_field(tmp_path):
@@ -111,7 +111,7 @@ def test_fuzzed_files_load_or_fail_cleanly(tmp_path):
                 got = load(p)
             except UserError:
                 continue
-            assert got.rows and got.read == len(got.rows) + len(got.rejects)
+            assert got.rows and got.read == len(got.rows) + len(got.rejects) == got.records
 
 
 def test_validate_and_plan_report_a_malformed_data_file_with_its_line(tmp_path):
@@ -122,3 +122,24 @@ def test_validate_and_plan_report_a_malformed_data_file_with_its_line(tmp_path):
     for cmd in ("validate", "plan"):
         proc = run_cli(cmd, r)
         assert proc.returncode == 2 and f"{data}:2" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_a_limit_reads_only_as_many_lines_as_it_keeps(tmp_path):
+    """200k-row inputs stream: with a limit, lines past the point where enough rows were kept
+    are never parsed (a broken one there is not even seen; validate's full pass reports it)."""
+    rows = [json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n" for i in range(5000)]
+    rows[4999] = "{broken\n"
+    p = write(tmp_path, "big.jsonl", "".join(rows))
+    got = load(p, limit=10)
+    assert len(got.rows) == 10 and got.read == 10 and got.records == 5000 and got.report()["not_read"] == 4990
+    with pytest.raises(UserError, match=":5000: seeds.path: not JSON Lines"):
+        load(p)
+    from orca_recipe.problems import count_problems
+    with pytest.raises(UserError, match=":5000:"):
+        count_problems(str(p), "auto", "question", "answer", "gsm8k", None, key="seeds.path")
+
+
+def test_nothing_within_max_steps_is_an_error(tmp_path):
+    p = write(tmp_path, "long.jsonl", '{"question": "q", "answer": "<<1+1=2>>2 <<2+1=3>>3\\n#### 3"}\n')  # two steps
+    with pytest.raises(UserError, match="max_solution_steps=1"):
+        load(p, max_steps=1)
