@@ -75,7 +75,7 @@ def gsm8k_problems(n: int) -> list[dict]:
 def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
     """The practice stage, as the runner runs it, against orca's VLLMServer."""
     from orca_recipe.llm.cache import RequestCache
-    from orca_recipe.llm.door import LLM, Endpoint, LLMError, Usage
+    from orca_recipe.llm.door import LLM, Endpoint, Usage
     from orca_recipe.llm.local import VLLMServer
     from orca_recipe.recipe.compile import compile_file
     from orca_recipe.runner import local_args, local_timeout
@@ -109,7 +109,7 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
         usage = Usage()
         ctx = StageContext(plan=plan, stage=stage, inputs={"filter": problems}, out_dir=cache_dir, llm=llm, usage=usage,
                            endpoint_for=lambda agent: "smol")
-        ctx.extra.update({"LLMError": LLMError, "parallel": m.concurrency * 2})
+        ctx.extra["parallel"] = m.concurrency * 2
         t = time.perf_counter()
         result = asyncio.run(practice.run(ctx))
         seconds = time.perf_counter() - t

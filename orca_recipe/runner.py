@@ -236,11 +236,10 @@ class Runner:
         inputs = {inp: read_jsonl(self.run_dir / inp / "data.jsonl") for inp in stage.inputs}
         self._claim(out_dir, stage, self.input_data(stage))
 
-        from orca_recipe.llm.door import LLMError, Usage
+        from orca_recipe.llm.door import Usage
 
         usage = Usage()
         ctx = StageContext(plan=self.plan, stage=stage, inputs=inputs, out_dir=out_dir, usage=usage)
-        ctx.extra["LLMError"] = LLMError
         if stage.kind == "filter":
             ctx.extra["eval_questions"] = self._contamination_questions()
         started = time.time()

@@ -95,7 +95,7 @@ def _model_identity(m: ModelEndpoint) -> dict[str, Any]:
 # --------------------------------------------------------------------------- checks
 
 
-def _roles(recipe: Recipe) -> dict[tuple[str, ...], tuple[str, str]]:
+def agent_roles(recipe: Recipe) -> dict[tuple[str, ...], tuple[str, str]]:
     """(key path of an agent reference) -> (agent name, role)."""
     refs: dict[tuple[str, ...], tuple[str, str]] = {}
     if recipe.ask_me_anything:
@@ -125,7 +125,7 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
         if agent.model not in recipe.models:
             fail(("agents", name, "model"), f"unknown model '{agent.model}'; models: {', '.join(recipe.models)}")
 
-    refs = _roles(recipe)
+    refs = agent_roles(recipe)
     for key, (agent_name, _role) in refs.items():
         if agent_name not in recipe.agents:
             fail(key, f"unknown agent '{agent_name}'; agents: {', '.join(recipe.agents)}")

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from orca_recipe.errors import UserError
-from orca_recipe.recipe.load import PATH_KEYS, Key, _path_keys_in, get_key, load_recipe, parse_override, set_key
+from orca_recipe.recipe.load import PATH_KEYS, Key, get_key, path_keys_in, load_recipe, parse_override, set_key
 from orca_recipe.recipe.schema import Recipe
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "recipe.schema.json"
@@ -19,7 +19,7 @@ def effective(recipe: Recipe, *, relative_to: Path | None = None, drop_none: boo
     """The recipe with every default filled in; paths relative to `relative_to` (default cwd)."""
     data = recipe.model_dump(mode="json", exclude={"extends"}, exclude_none=drop_none)
     base = relative_to or Path.cwd()
-    for key in _path_keys_in(data):
+    for key in path_keys_in(data):
         set_key(data, key, os.path.relpath(get_key(data, key), base))
     return data
 

@@ -136,7 +136,7 @@ def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _path_keys_in(data: dict[str, Any]) -> list[Key]:
+def path_keys_in(data: dict[str, Any]) -> list[Key]:
     """Concrete keys matching PATH_KEYS in `data`."""
     found: list[Key] = []
 
@@ -173,7 +173,7 @@ def set_key(data: dict[str, Any], key: Key, value: Any) -> None:
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
-    for key in _path_keys_in(data):
+    for key in path_keys_in(data):
         value = get_key(data, key)
         if not os.path.isabs(value):
             set_key(data, key, os.path.normpath(base_dir / value))

@@ -10,7 +10,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from orca_recipe.recipe.compile import Plan, _roles
+from orca_recipe.recipe.compile import Plan, agent_roles
 from orca_recipe.recipe.schema import Recipe, Sampling
 
 
@@ -58,7 +58,7 @@ def example_prompts(plan: Plan) -> tuple[dict[str, tuple[str, str]], str]:
     """agent name -> (role, rendered prompt), and where the example row came from."""
     row, source = example_row(plan.recipe)
     out: dict[str, tuple[str, str]] = {}
-    for _key, (agent, role) in _roles(plan.recipe).items():
+    for _key, (agent, role) in agent_roles(plan.recipe).items():
         if agent not in out:
             out[agent] = (role, plan.prompts[agent].render(**role_variables(plan.recipe, role, row)))
     return out, source

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
+from orca_recipe.llm.door import LLMError
 
-_NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*(.+?)\s*$")
+NUMBERED_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*(.+?)\s*$")
 
 
 def parse_questions(text: str) -> list[str] | None:
@@ -14,7 +15,7 @@ def parse_questions(text: str) -> list[str] | None:
     whole word problem ending in '?'; None when there are none."""
     numbered, plain = [], []
     for line in text.splitlines():
-        m = _NUMBERED.match(line)
+        m = NUMBERED_ITEM.match(line)
         q = (m.group(1) if m else line).strip().strip('"')
         if q.lower().startswith(("question:", "problem:")):
             q = q.split(":", 1)[1].strip()
@@ -38,7 +39,7 @@ async def run(ctx: StageContext) -> StageResult:
             questions, _ = await ctx.ask_parsed(cfg.agent, {"problem": seed["question"], "answer": seed["answer"], "n": cfg.questions_per_seed}, parse_questions)
         except ParseFailure as e:
             return [], failure_row(seed["id"], "ask_me_anything", e.reason, reply=e.text[:500])
-        except ctx.extra["LLMError"] as e:
+        except LLMError as e:
             return [], failure_row(seed["id"], "ask_me_anything", f"llm: {e}")
         finally:
             ctx.advance(1)

@@ -6,6 +6,7 @@ from orca_recipe.answers import equivalent, extract_final
 from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 from orca_recipe.problems import load_problems
 from orca_recipe.stats import wilson  # re-exported: one copy, in orca_recipe.stats
+from orca_recipe.llm.door import LLMError
 
 
 async def run(ctx: StageContext) -> StageResult:
@@ -19,7 +20,7 @@ async def run(ctx: StageContext) -> StageResult:
     async def one(p: Row) -> tuple[Row | None, Row | None]:
         try:
             comp = await ctx.ask(ev.agent, {"problem": p["question"]}, temperature=0.0, top_p=1.0, max_tokens=ev.max_tokens)
-        except ctx.extra["LLMError"] as e:
+        except LLMError as e:
             return None, failure_row(p["id"], ctx.stage.name, f"llm: {e}")
         finally:
             ctx.advance(1)

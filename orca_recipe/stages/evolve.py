@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 
 from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
-from orca_recipe.stages.ask_me_anything import _NUMBERED
+from orca_recipe.stages.ask_me_anything import NUMBERED_ITEM
+from orca_recipe.llm.door import LLMError
 
 
 def parse_suggestions(text: str) -> str | None:
-    items = [m.group(1).strip() for line in text.splitlines() if (m := _NUMBERED.match(line)) and len(m.group(1).strip()) > 5]
+    items = [m.group(1).strip() for line in text.splitlines() if (m := NUMBERED_ITEM.match(line)) and len(m.group(1).strip()) > 5]
     if items:
         return "\n".join(f"{i}. {s}" for i, s in enumerate(items, 1))
     text = text.strip()
@@ -65,7 +66,7 @@ async def run(ctx: StageContext) -> StageResult:
                 return row, None, None
             except ParseFailure as e:
                 return None, None, failure_row(row_id, "evolve", e.reason, reply=e.text[:500], round=rnd)
-            except ctx.extra["LLMError"] as e:
+            except LLMError as e:
                 return None, None, failure_row(row_id, "evolve", f"llm: {e}", round=rnd)
             finally:
                 ctx.advance(1)

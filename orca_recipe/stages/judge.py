@@ -14,6 +14,7 @@ from collections import Counter
 
 from orca_recipe.answers import equivalent
 from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
+from orca_recipe.llm.door import LLMError
 
 _VERDICT = re.compile(r"final\s+verdict\s*:?\s*\**\s*(correct|incorrect)", re.IGNORECASE)
 
@@ -66,7 +67,7 @@ async def run(ctx: StageContext) -> StageResult:
                 verdict, by = llm_verdict, "llm"
         except ParseFailure as e:
             return None, failure_row(s["id"], "judge", e.reason, reply=e.text[:500])
-        except ctx.extra["LLMError"] as e:
+        except LLMError as e:
             return None, failure_row(s["id"], "judge", f"llm: {e}")
         finally:
             ctx.advance(1)

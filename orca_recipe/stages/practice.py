@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from orca_recipe.answers import extract_final
 from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
+from orca_recipe.llm.door import LLMError
 
 
 async def run(ctx: StageContext) -> StageResult:
@@ -19,7 +20,7 @@ async def run(ctx: StageContext) -> StageResult:
             comps = await ctx.llm.complete_n(
                 ctx.endpoint_for(cfg.agent), ctx.messages(cfg.agent, problem=p["question"]), sampling, cfg.samples_per_problem, usage=ctx.usage
             )
-        except ctx.extra["LLMError"] as e:
+        except LLMError as e:
             return [], failure_row(p["id"], "practice", f"llm: {e}", iteration=it)
         finally:
             ctx.advance(1)

@@ -16,6 +16,7 @@ from collections import Counter
 
 from orca_recipe.answers import equivalent, extract_final, gsm8k_worked_solution, to_number
 from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
+from orca_recipe.llm.door import LLMError
 
 
 def _answer_key(answer: str) -> str:
@@ -47,7 +48,7 @@ async def run(ctx: StageContext) -> StageResult:
             comps = await ctx.llm.complete_n(
                 ctx.endpoint_for(agent), ctx.messages(agent, problem=p["question"]), ctx.sampling(agent), cfg.samples, usage=ctx.usage
             )
-        except ctx.extra["LLMError"] as e:
+        except LLMError as e:
             return "failure", failure_row(p["id"], "solve", f"llm: {e}")
         finally:
             ctx.advance(1)
