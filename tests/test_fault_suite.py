@@ -226,7 +226,9 @@ def test_a_sick_endpoint_run_ends_by_itself_and_a_healthy_rerun_completes_it(tmp
         run_dir = tmp_path / "run"
         proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "filter"],
                                 cwd=REPO, env=dict(os.environ, COLUMNS="150"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(3)
+        deadline = time.monotonic() + 120  # the outage starts once the run is sending, however slow the machine
+        while srv.total_requests < 5 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
         srv.outage(6)
         try:
             out, _ = proc.communicate(timeout=240)  # a hang fails here instead of never ending
