@@ -78,7 +78,7 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
     from orca_recipe.llm.door import LLM, Endpoint, Usage
     from orca_recipe.llm.local import VLLMServer
     from orca_recipe.recipe.compile import compile_file
-    from orca_recipe.runner import local_args, local_timeout
+    from orca_recipe.llm.pool import local_args, local_timeout
     from orca_recipe.stages import practice
     from orca_recipe.stages.base import StageContext
 

