@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from orca_recipe.errors import UserError
+from orca_recipe.home import cache_home, embedded_model_dir
 
 # Nothing here (nor vLLM/Axolotl started from here) may reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,15 +73,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 DEFAULT_EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
-def cache_home() -> Path:
-    """`$ORCA_RECIPE_HOME`, or ``~/.cache/orca-recipe``."""
-    env = os.environ.get("ORCA_RECIPE_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "orca-recipe"
-
-
 def model_dir(name: str) -> Path:
     """Where `name` is (or will be) converted; no check that it is complete."""
-    return cache_home() / "models" / name
+    return embedded_model_dir(name)
 
 
 def _spec(name: str) -> EmbeddedModel:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import ctypes
 import errno
 import importlib.metadata
 import json
@@ -32,9 +31,10 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
+from orca_recipe.child import die_with_parent
 from orca_recipe.errors import UserError
+from orca_recipe.home import cache_home
 from orca_recipe.llm import hardware
-from orca_recipe.llm.embedded import cache_home
 
 # Eager mode: torch.compile start-up costs minutes on a CPU. The dtype is not here: it is
 # chosen per machine (`hardware.choose_dtype`) and given once.
@@ -49,7 +49,6 @@ MIN_BATCHED_TOKENS = 8192
 # chunked prefill is switched off there. GPU builds do not need this.
 CPU_ARGS: tuple[str, ...] = ("--no-enable-chunked-prefill",)
 
-_PR_SET_PDEATHSIG = 1
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -61,24 +60,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def die_with_parent(parent_pid: int):
-    """preexec_fn: die (SIGTERM) with the parent; exit at once if it is already gone."""
-    libc = None
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-        except OSError:
-            libc = None
-
-    def setup() -> None:
-        if libc is not None:
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return setup
 
 
 class VLLMServer:

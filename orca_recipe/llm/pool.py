@@ -11,7 +11,6 @@ from typing import Any
 from rich.console import Console
 
 from orca_recipe.recipe.compile import StageRun
-from orca_recipe.recipe.preview import effective_sampling
 
 LOCAL_FLOOR_TOK_S = 10.0    # output tokens/s a local engine gives at the least (2 slow cores)
 DEFAULT_REPLY_TOKENS = 1024
@@ -78,7 +77,7 @@ def local_timeout(recipe: Any, stage: StageRun, agent: str) -> float:
     minute. A slow CPU then waits for a reply it will get instead of abandoning it and
     asking again (vLLM drops an abandoned request, so a retry starts from scratch)."""
     m = recipe.models[recipe.agents[agent].model]
-    max_tokens, n = effective_sampling(recipe, agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
+    max_tokens, n = recipe.sampling_for(agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
     if stage.kind == "practice" and recipe.practice:
         max_tokens, n = recipe.practice.max_tokens, recipe.practice.samples_per_problem
     elif stage.kind == "eval" and recipe.eval:

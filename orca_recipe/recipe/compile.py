@@ -15,6 +15,7 @@ from typing import Any
 
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
+from orca_recipe.home import embedded_model_dir
 from orca_recipe.problems import count_problems
 from orca_recipe.prompts import Prompt, check_template, load_prompt
 from orca_recipe.recipe.load import Loaded, load_recipe
@@ -135,9 +136,8 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
     for i, inp in enumerate(recipe.solve.inputs):
         if inp != "seeds" and getattr(recipe, inp) is None:
             fail(("solve", "inputs", i), f"solve reads '{inp}', but that stage is not configured")
-    from orca_recipe.recipe.preview import effective_sampling
 
-    if recipe.solve.samples > 1 and not effective_sampling(recipe, recipe.solve.agent).temperature:
+    if recipe.solve.samples > 1 and not recipe.sampling_for(recipe.solve.agent).temperature:
         fail(("solve", "samples"), f"{recipe.solve.samples} samples per problem need a sampling temperature > 0 for agent "
                                    f"'{recipe.solve.agent}' (greedy samples are all the same; vLLM refuses n > 1 at temperature 0)")
     if recipe.practice and recipe.iterations > 1 and recipe.practice.samples_per_problem > 1 and recipe.practice.temperature == 0:
@@ -200,9 +200,7 @@ def student_model_path(recipe: Recipe) -> str | None:
     assert local is not None
     if local.path:
         return local.path
-    from orca_recipe.llm.embedded import cache_home
-
-    return str(cache_home() / "models" / local.embedded)  # type: ignore[operator]
+    return str(embedded_model_dir(local.embedded))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- compile

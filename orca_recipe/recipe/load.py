@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orca_recipe.errors import UserError
+from orca_recipe.mapping import deep_merge
 from orca_recipe.recipe.schema import Recipe
 
 Key = tuple[str | int, ...]
@@ -123,17 +124,6 @@ def _read_mapping(path: Path) -> tuple[dict[str, Any], dict[Key, str]]:
 
 
 # --------------------------------------------------------------------------- merging
-
-
-def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key (child wins); lists and scalars are replaced whole."""
-    out = dict(base)
-    for k, v in child.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 def path_keys_in(data: dict[str, Any]) -> list[Key]:

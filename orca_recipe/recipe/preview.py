@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orca_recipe.recipe.compile import Plan, agent_roles
-from orca_recipe.recipe.schema import Recipe, Sampling
+from orca_recipe.recipe.schema import Recipe
 
 
 def first_row(path: str, question_field: str, answer_field: str | None) -> dict[str, str] | None:
@@ -64,11 +64,6 @@ def example_prompts(plan: Plan) -> tuple[dict[str, tuple[str, str]], str]:
     return out, source
 
 
-def effective_sampling(recipe: Recipe, agent: str) -> Sampling:
-    a = recipe.agents[agent]
-    return a.sampling.over(recipe.models[a.model].sampling)
-
-
 @lru_cache(maxsize=1)
 def _litellm_prices() -> dict[str, Any]:
     """litellm's bundled price map, read as JSON without importing litellm (slow, networked)."""
@@ -116,7 +111,7 @@ def estimate(plan: Plan, examples: dict[str, tuple[str, str]]) -> dict[str, Esti
         cost: float | None = 0.0
         for agent in stage.agents:
             prompt_tokens = len(examples[agent][1]) / 4 if agent in examples else 256
-            max_tokens = stage.config.get("max_tokens") or effective_sampling(recipe, agent).max_tokens or 512
+            max_tokens = stage.config.get("max_tokens") or recipe.sampling_for(agent).max_tokens or 512
             i, o = per_agent * prompt_tokens, per_agent * max_tokens
             tin, tout = tin + i, tout + o
             price = price_per_token(recipe, recipe.agents[agent].model)

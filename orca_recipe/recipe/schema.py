@@ -286,6 +286,11 @@ class Eval(Strict):
 class Recipe(Strict):
     """An Orca-Math recipe: the single source of truth for one pipeline."""
 
+    def sampling_for(self, agent: str) -> Sampling:
+        """An agent's sampling: its own settings over its model's."""
+        a = self.agents[agent]
+        return a.sampling.over(self.models[a.model].sampling)
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     extends: str | None = Field(None, description="Base recipe, relative to this file; merged under this one.")

@@ -13,7 +13,6 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from orca_recipe.prompts import Prompt
 from orca_recipe.recipe.compile import Plan, StageRun
-from orca_recipe.recipe.preview import effective_sampling
 from orca_recipe.recipe.schema import Recipe
 
 T = TypeVar("T")
@@ -65,7 +64,7 @@ class StageContext:
         return msgs
 
     def sampling(self, agent: str, **override: Any) -> dict[str, Any]:
-        s = effective_sampling(self.recipe, agent).model_dump(exclude_none=True)
+        s = self.recipe.sampling_for(agent).model_dump(exclude_none=True)
         s.update({k: v for k, v in override.items() if v is not None})
         s.setdefault("seed", 0)
         return s

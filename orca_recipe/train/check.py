@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orca_recipe.errors import UserError
-from orca_recipe.recipe.schema import Launcher
 from orca_recipe.train.launch import axolotl_bin, train_env
+
+if TYPE_CHECKING:  # the recipe package imports this one, not the other way round
+    from orca_recipe.recipe.schema import Launcher
 
 _SNIPPET = r"""
 import json, sys, logging, warnings

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orca_recipe.recipe.load import deep_merge
+from orca_recipe.mapping import deep_merge
 
 
 def _common(base_model: str, output_dir: str, prepared_dir: str) -> dict[str, Any]:

@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from orca_recipe.child import die_with_parent
 from orca_recipe.errors import UserError
-from orca_recipe.llm.local import die_with_parent
-from orca_recipe.recipe.schema import Launcher
+
+if TYPE_CHECKING:  # the recipe package imports this one, not the other way round
+    from orca_recipe.recipe.schema import Launcher
 
 REPO = Path(__file__).resolve().parents[2]
 _STEP = re.compile(r"(\d+)/(\d+) \[")
@@ -121,4 +123,6 @@ def is_model_folder(path: Path) -> bool:
 
 
 if __name__ == "__main__":  # python -m orca_recipe.train.launch CONFIG: run one config by hand
+    from orca_recipe.recipe.schema import Launcher
+
     run_axolotl(Path(sys.argv[1]), Launcher(), Path(sys.argv[1]).with_suffix(".log"))
