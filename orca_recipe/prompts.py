@@ -68,7 +68,7 @@ def load_prompt(path: str | None, inline: str | None, *, key: str, where: str | 
         return Prompt(p.read_text(encoding="utf-8"), str(p))
     except FileNotFoundError:
         raise UserError(f"prompt file not found: {p}", where=where, key=key) from None
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # a folder, no permission, not UTF-8, a NUL in the name
         raise UserError(f"cannot read prompt file {p}: {e.__class__.__name__}", where=where, key=key) from None
 
 

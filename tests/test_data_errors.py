@@ -143,3 +143,43 @@ def test_nothing_within_max_steps_is_an_error(tmp_path):
     p = write(tmp_path, "long.jsonl", '{"question": "q", "answer": "<<1+1=2>>2 <<2+1=3>>3\\n#### 3"}\n')  # two steps
     with pytest.raises(UserError, match="max_solution_steps=1"):
         load(p, max_steps=1)
+
+
+def _random_json(rng: random.Random, depth: int = 0):
+    kinds = ["null", "bool", "int", "float", "str", "list", "dict"] if depth < 3 else ["null", "bool", "int", "str"]
+    k = rng.choice(kinds)
+    if k == "null":
+        return None
+    if k == "bool":
+        return rng.random() < 0.5
+    if k == "int":
+        return rng.randint(-10**6, 10**6)
+    if k == "float":
+        return rng.uniform(-1e6, 1e6)
+    if k == "str":
+        return rng.choice(["", " ", "question", "answer", "#### 5", "How many?", "\u00e9\u4e2d", "\n"]) * rng.randint(0, 3)
+    if k == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = ["question", "answer", "data", "rows", "x", ""]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def test_random_json_shapes_load_or_fail_cleanly_and_drop_nothing_silently(tmp_path):
+    """Rows and whole files of random JSON: rows come back with every other record a reject
+    (read = kept + rejected, nothing silently dropped), or one UserError."""
+    rng = random.Random(1)
+    for i in range(400):
+        rows = [_random_json(rng) for _ in range(rng.randint(1, 6))]
+        if rng.random() < 0.5:
+            rows.append({"question": "Tom has 2 apples. How many?", "answer": "#### 2"})
+        rng.shuffle(rows)
+        jsonl = write(tmp_path, f"r{i}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        whole = write(tmp_path, f"w{i}.json", json.dumps(rng.choice([rows, {"data": rows}, _random_json(rng)])))
+        for p in (jsonl, whole):
+            for need_gold in (False, True):
+                try:
+                    got = load(p, need_gold=need_gold)
+                except UserError:
+                    continue
+                assert got.rows and got.read == got.records == len(got.rows) + len(got.rejects)
+                assert all(isinstance(r["question"], str) and r["question"].strip() for r in got.rows)

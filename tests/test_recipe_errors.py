@@ -193,3 +193,40 @@ def test_several_greedy_teacher_samples_are_an_error(tmp_path):
 def test_gold_solutions_need_worked_solutions_from_the_seeds(tmp_path):
     plain = good_recipe().replace("  limit: 4", "  limit: 4\n  answer_format: plain").replace("  inputs: [seeds]", "  inputs: [seeds]\n  gold_solutions: true")
     assert_user_error(run_cli("validate", write(tmp_path, plain)), "solve.gold_solutions", "gsm8k")
+
+
+def test_random_yaml_is_a_clean_error_or_a_recipe(tmp_path):
+    """Random YAML documents (scalars, lists, nested maps with the recipe's own key names and
+    wrong-typed values, anchors, broken syntax): `compile` gives a Plan or one UserError."""
+    import random
+
+    from orca_recipe.errors import UserError
+    from orca_recipe.recipe.compile import compile_file
+
+    rng = random.Random(0)
+    keys = ["name", "models", "agents", "seeds", "solve", "training", "practice", "eval", "iterations", "extends",
+            "model", "prompt", "path", "limit", "samples", "axolotl", "num_epochs", "local", "embedded", "judge", "x"]
+    values = ["null", "~", "0", "-1", "1.5", "true", "''", "[]", "{}", "[1, [2]]", "&a {b: 1}", "*a", "!!binary aGk=",
+              "'../nowhere.j2'", "{model: m, prompt: p.j2}", "\"\\x00\"", "1e999", ":", "- -", "{", "]", "@", "%"]
+
+    def doc(depth: int = 0) -> str:
+        if depth > 2 or rng.random() < 0.3:
+            return rng.choice(values)
+        pad = "  " * (depth + 1)
+        return "\n" + "".join(f"{pad}{rng.choice(keys)}: {doc(depth + 1)}\n" for _ in range(rng.randint(1, 4))).rstrip("\n")
+
+    base = good_recipe()
+    for i in range(300):
+        if rng.random() < 0.5:
+            text = "".join(f"{rng.choice(keys)}: {doc()}\n" for _ in range(rng.randint(0, 5)))
+        else:  # a good recipe with one key replaced by junk
+            lines = base.splitlines()
+            j = rng.randrange(len(lines))
+            key = lines[j].split(":")[0]
+            lines[j] = f"{key}: {rng.choice(values)}"
+            text = "\n".join(lines) + "\n"
+        p = write(tmp_path, text, f"r{i}.yaml")
+        try:
+            compile_file(p)
+        except UserError as e:
+            assert str(e).strip(), text

@@ -162,9 +162,11 @@ def set_key(data: dict[str, Any], key: Key, value: Any) -> None:
     data[key[-1]] = value
 
 
-def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
+def _resolve_paths(data: dict[str, Any], base_dir: Path, pos: dict[Key, str] | None = None) -> None:
     for key in path_keys_in(data):
         value = get_key(data, key)
+        if "\x00" in value:
+            raise UserError("a path cannot contain a NUL byte", where=(pos or {}).get(key), key=".".join(map(str, key)))
         if not os.path.isabs(value):
             set_key(data, key, os.path.normpath(base_dir / value))
 
@@ -175,12 +177,12 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dic
         chain = " -> ".join(str(p) for p in seen + (path,))
         raise UserError(f"'extends' forms a cycle: {chain}", where=str(seen[-1]), key="extends")
     data, pos = _read_mapping(path)
-    _resolve_paths(data, path.parent)
+    _resolve_paths(data, path.parent, pos)
     files = [path]
     parent = data.pop("extends", None)
     if parent is None:
         return data, pos, files
-    if not isinstance(parent, str):
+    if not isinstance(parent, str) or "\x00" in parent:
         raise UserError("'extends' must be a path to a base recipe", where=pos.get(("extends",)), key="extends")
     parent_path = (path.parent / parent)
     if not parent_path.exists():
