@@ -31,7 +31,6 @@ from orca_recipe.stages.base import StageContext, StageResult
 from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest, write_jsonl, write_manifest
 
 
-
 def stage_module(kind: str) -> Any:
     """The module that runs a stage kind; imported on demand so `plan` stays light. Its
     `run(ctx)` does the work; an optional `needs_llm(ctx)` says when no model is needed."""
@@ -108,11 +107,12 @@ class Runner:
         """Complete for this fingerprint, on the inputs as they are now, with no request the
         endpoint failed (a later run asks those again; answered ones come from the cache)."""
         m = read_manifest(self.run_dir / stage.name)
-        return bool(m and self.has_output(stage) and not m.get("llm_failures") and m.get("input_data", {}) == self.input_data(stage))
+        return bool(self.has_output(stage, m) and not m.get("llm_failures") and m.get("input_data", {}) == self.input_data(stage))
 
-    def has_output(self, stage: StageRun) -> bool:
-        """Finished for this fingerprint (maybe with failures): its rows can feed the next stage."""
-        m = read_manifest(self.run_dir / stage.name)
+    def has_output(self, stage: StageRun, m: dict | None = None) -> bool:
+        """Finished for this fingerprint (maybe with failures): its rows can feed the next stage.
+        `m`: its manifest, when the caller has read it already."""
+        m = m if m is not None else read_manifest(self.run_dir / stage.name)
         return bool(m and m.get("complete") and m.get("fingerprint") == stage.fingerprint and (self.run_dir / stage.name / "data.jsonl").is_file())
 
     def input_data(self, stage: StageRun) -> dict[str, str]:
@@ -157,7 +157,8 @@ class Runner:
             if not self.has_output(self.plan.stage(inp)):
                 raise UserError(f"stage '{stage.name}' needs '{inp}', which is not done; run without --only, or with --until {stage.name}")
         inputs = {inp: read_jsonl(self.run_dir / inp / "data.jsonl") for inp in stage.inputs}
-        self._claim(out_dir, stage, self.input_data(stage))
+        input_data = self.input_data(stage)
+        self._claim(out_dir, stage, input_data)
 
         from orca_recipe.llm.door import Usage
 
@@ -182,7 +183,7 @@ class Runner:
         write_jsonl(out_dir / "failures.jsonl", result.failures)
         manifest = {
             "stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint, "complete": True,
-            "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs}, "input_data": self.input_data(stage),
+            "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs}, "input_data": input_data,
             "rows": len(result.rows), "rejects": len(result.rejects), "failures": len(result.failures),
             "llm_failures": sum(1 for f in result.failures if str(f.get("reason", "")).startswith("llm:")),
             "started": started, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
