@@ -216,10 +216,14 @@ class Runner:
 
     async def _run_async(self, ctx: StageContext) -> StageResult:
         fn = stage_function(ctx.stage.kind)
-        if ctx.llm is not None:
+        if ctx.llm is None:
+            return await fn(ctx)
+        try:
             for endpoint in {ctx.endpoint_for(a) for a in ctx.stage.agents}:
                 await ctx.llm.preflight(endpoint)
-        return await fn(ctx)
+            return await fn(ctx)
+        finally:
+            await ctx.llm.aclose()
 
     def _attach_llm(self, ctx: StageContext) -> None:
         from orca_recipe.llm.cache import RequestCache

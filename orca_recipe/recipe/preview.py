@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from orca_recipe.prices import batch_price, known_price
 from orca_recipe.recipe.compile import Plan, agent_roles
 from orca_recipe.recipe.schema import Recipe
 
@@ -64,32 +63,18 @@ def example_prompts(plan: Plan) -> tuple[dict[str, tuple[str, str]], str]:
     return out, source
 
 
-@lru_cache(maxsize=1)
-def _litellm_prices() -> dict[str, Any]:
-    """litellm's bundled price map, read as JSON without importing litellm (slow, networked)."""
-    spec = find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    path = Path(list(spec.submodule_search_locations)[0]) / "model_prices_and_context_window_backup.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def price_per_token(recipe: Recipe, model_key: str) -> tuple[float, float] | None:
-    """(input, output) USD per token: the recipe's declared price, else litellm's, else None."""
+    """(input, output) USD per token: the recipe's declared price, else litellm's, else None;
+    at the batch rate when the model sends its requests as batch jobs (`batch: true`)."""
     m = recipe.models[model_key]
+    regular = None
     if m.price is not None:
-        return m.price.input_per_mtok / 1e6, m.price.output_per_mtok / 1e6
-    if m.model is None:
-        return None
-    prices = _litellm_prices()
-    for name in (m.model, m.model.split("/", 1)[-1]):
-        entry = prices.get(name)
-        if entry and "input_cost_per_token" in entry:
-            return float(entry["input_cost_per_token"]), float(entry.get("output_cost_per_token", 0.0))
-    return None
+        regular = m.price.input_per_mtok / 1e6, m.price.output_per_mtok / 1e6
+    elif m.model is not None:
+        regular = known_price(m.model)
+    if getattr(m, "batch", False):
+        return batch_price(m.model if m.price is None else None, regular)
+    return regular
 
 
 @dataclass
