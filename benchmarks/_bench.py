@@ -38,7 +38,29 @@ def machine() -> str:
         load = "load avg %.2f %.2f %.2f" % os.getloadavg()
     except OSError:
         load = ""
-    return f"{cores} cores, {mem} RAM, Python {sys.version.split()[0]}, {load}"
+    return f"{cpu_model()}, {cores} cores, {mem} RAM, Python {sys.version.split()[0]}, {load}"
+
+
+def cpu_model() -> str:
+    """The CPU's name and its vector flags, printed beside every figure: a virtual machine's
+    name is often just the family ("AMD EPYC"), and the flags tell which kernels (torch,
+    llama.cpp) a timing was taken with."""
+    name, flags = "CPU ?", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "CPU ?":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+    have = [f for f in wanted if f in flags]
+    lacks = [f for f in wanted if f not in flags]
+    return f"{name} ({'+'.join(have) or 'no AVX2'}; no {', '.join(lacks)})" if lacks else f"{name} ({'+'.join(have)})"
 
 
 def busy_note() -> str:
