@@ -175,7 +175,7 @@ def main() -> None:
         why = ensure(PEERS[name])
         if why:
             print(f"{PEERS[name].label} could not be set up here, so it is not measured: {why}")
-            print(f"vs {name}: NOT MEASURED")
+            print(f"vs_{name}: NOT MEASURED")  # vs_distilabel: the line this script always printed
         else:
             peers.append(PEERS[name])
     if not peers and tools != ["orca"]:
