@@ -38,7 +38,29 @@ def machine() -> str:
         load = "load avg %.2f %.2f %.2f" % os.getloadavg()
     except OSError:
         load = ""
-    return f"{cores} cores, {mem} RAM, Python {sys.version.split()[0]}, {load}"
+    return f"{cpu_model()}, {cores} cores, {mem} RAM, Python {sys.version.split()[0]}, {load}"
+
+
+def cpu_model() -> str:
+    """The CPU's name and its vector flags, printed beside every figure: a virtual machine's
+    name is often just the family ("AMD EPYC"), and the flags tell which kernels (torch,
+    llama.cpp) a timing was taken with."""
+    name, flags = "CPU ?", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "CPU ?":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+    have = [f for f in wanted if f in flags]
+    lacks = [f for f in wanted if f not in flags]
+    return f"{name} ({'+'.join(have) or 'no AVX2'}; no {', '.join(lacks)})" if lacks else f"{name} ({'+'.join(have)})"
 
 
 def busy_note() -> str:
@@ -62,7 +84,10 @@ def busy_note() -> str:
 class EndpointWatch:
     """Watches a FakeOpenAI every 2 ms from a thread: when the first request arrived, when the
     last good answer went out, and how many requests were in flight (Little's law: a client
-    that keeps up holds ~C in flight). Tool-agnostic: it sees only the endpoint."""
+    that keeps up holds ~C in flight). Tool-agnostic: it sees only the endpoint. A request with
+    no messages is not generation work (curator's `openai` backend POSTs `"messages": []` once
+    when it is built, to read rate-limit headers), so the clock starts at the first request
+    that carries messages."""
 
     def __init__(self, srv: FakeOpenAI):
         self.srv = srv
@@ -73,11 +98,15 @@ class EndpointWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        ok = self.srv.ok_requests
+        ok, seen = self.srv.ok_requests, 0
         while not self._stop.wait(0.002):
             now = time.perf_counter()
-            if self.first is None and self.srv.total_requests:
-                self.first = now
+            if self.first is None:
+                bodies = self.srv.bodies
+                while seen < len(bodies) and self.first is None:
+                    if isinstance(bodies[seen], dict) and bodies[seen].get("messages"):
+                        self.first = now
+                    seen += 1
             if self.srv.ok_requests != ok:
                 ok, self.last_ok = self.srv.ok_requests, now
             if self.first is not None:
