@@ -227,6 +227,7 @@ class Runner:
 
     def _attach_llm(self, ctx: StageContext) -> None:
         from orca_recipe.llm.cache import RequestCache
+        from orca_recipe.llm.batch import MAX_REQUESTS
         from orca_recipe.llm.door import LLM, Endpoint
 
         recipe = self.plan.recipe
@@ -239,7 +240,7 @@ class Runner:
         for agent in ctx.stage.agents:
             key = recipe.agents[agent].model
             m = recipe.models[key]
-            parallel = max(parallel, m.concurrency * 2)
+            parallel = max(parallel, m.concurrency * 2, MAX_REQUESTS if m.batch else 0)  # a batch takes every row at once
             server_key = self.server_key(ctx.stage, agent)
             names[agent] = server_key or key
             if m.local is None:
@@ -259,7 +260,7 @@ class Runner:
             endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
             endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
                 endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(self.plan.recipe, ctx.stage, agent)))
-        ctx.llm = LLM(endpoints, self._cache)
+        ctx.llm = LLM(endpoints, self._cache, batch_dir=self.run_dir / "batches")
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel
 

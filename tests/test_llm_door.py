@@ -91,14 +91,18 @@ def test_cache_key_is_canonical():
 
 
 # ---- faults ---------------------------------------------------------------------------------
-FAULT_CASES = [(f, m) for f in ["429", "500", "503", "reset", "truncated", "nonjson", "empty", "hang"]
-               for m in ["hosted_vllm/fake", "openai/fake"] if not (f == "hang" and m == "openai/fake")]  # one provider is enough for the slow one
+# Each fault through both clients: the door's own (hosted_vllm/ with an api_base) and litellm's
+# (the recipe's `client: litellm`); one client is enough for the slow one.
+FAULT_CASES = [(f, c) for f in ["429", "500", "503", "reset", "truncated", "nonjson", "empty", "hang"]
+               for c in ["native", "litellm"] if not (f == "hang" and c == "litellm")]
 
 
-@pytest.mark.parametrize("fault,model", FAULT_CASES)
-def test_each_fault_is_retried(tmp_path, fault, model):
+@pytest.mark.parametrize("fault,client", FAULT_CASES)
+def test_each_fault_is_retried(tmp_path, fault, client):
     with FakeOpenAI(fault=fault, fail_first=2, retry_after=0, hang_s=5) as srv:
-        llm = make_llm(tmp_path, srv, litellm_model=model, timeout_s=2.0)  # the first call also builds the SDK client
+        llm = make_llm(tmp_path, srv, litellm_model="openai/fake" if client == "litellm" else "hosted_vllm/fake",
+                       via_litellm=client == "litellm", timeout_s=2.0)  # the first call also builds the SDK client
+        assert llm.endpoints["m"].native == (client == "native")
         u = Usage()
         c = asyncio.run(llm.complete("m", msgs(f"q {fault}"), {"max_tokens": 16}, usage=u))
         assert c.text == reply_text(f"q {fault}", 0, 0)

@@ -23,64 +23,23 @@ What it does for the caller:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
+from orca_recipe.llm.accounting import Completion, Usage, split_reply
+from orca_recipe.llm.batch import BatchClient, read_key
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
 from orca_recipe.llm.errors import AUTH, CONFIG, NOTFOUND, QUOTA, EndpointError, Failure, LLMError, scrub
-from orca_recipe.llm.limits import Backoff, Limits, estimate_prompt_tokens, send_with_retries
+from orca_recipe.llm.limits import Backoff, Limits, send_with_retries
 from orca_recipe.llm.preflight import missing_key_message, problem
-from orca_recipe.llm.transport import Reply
 from orca_recipe.prices import known_price
 
 __all__ = ["LLM", "Endpoint", "Completion", "Usage", "LLMError", "EndpointError"]
 
 PREFLIGHT_TIMEOUT_S = 5.0
-
-
-@dataclass
-class Completion:
-    """One sample. For a sample that came out of an ``n=`` request, tokens and cost are its
-    share of that request (so they sum to what was billed). A cache hit costs 0.0."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float | None
-    cached: bool
-    finish_reason: str | None
-
-
-@dataclass
-class Usage:
-    """Accounting for one stage. `requests` are paid API calls that returned a completion;
-    `retries` failed attempts that were retried; `failures` requests given up on (LLMError);
-    `cost` is None once any paid request had no known price."""
-
-    requests: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = 0.0
-    retries: int = 0
-    failures: int = 0
-
-    def add_cost(self, cost: float | None) -> None:
-        if cost is None or self.cost is None:
-            self.cost = None
-        else:
-            self.cost += cost
-
-    def merge(self, other: "Usage") -> None:
-        self.requests += other.requests
-        self.cache_hits += other.cache_hits
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.retries += other.retries
-        self.failures += other.failures
-        self.add_cost(other.cost)
 
 
 def _clean_sampling(sampling: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -90,37 +49,15 @@ def _clean_sampling(sampling: Mapping[str, Any] | None) -> dict[str, Any]:
     return params
 
 
-def split_reply(reply: Reply, messages: list[dict], price: tuple[float, float] | None) -> tuple[list[Completion], int, int, float | None]:
-    """The reply as one `Completion` per choice, the request's tokens and cost split over them
-    (so they sum back to the total); tokens the server did not report are estimated."""
-    texts = reply.texts
-    pt = reply.prompt_tokens if reply.prompt_tokens is not None else estimate_prompt_tokens(messages)
-    ct = reply.completion_tokens if reply.completion_tokens is not None else sum(len(t) // 4 + 1 for t in texts)
-    cost = pt * price[0] + ct * price[1] if price is not None else None
-    k = len(texts)
-    pts = [pt // k + (1 if i < pt % k else 0) for i in range(k)]
-    weights = [len(t) + 1 for t in texts]
-    total_w = sum(weights)
-    cts = [ct * w // total_w for w in weights]
-    cts[0] += ct - sum(cts)
-    out = []
-    for i in range(k):
-        share = None
-        if cost is not None:
-            share = cost * ((pts[i] + cts[i]) / (pt + ct)) if (pt + ct) else cost / k
-        out.append(Completion(text=texts[i], prompt_tokens=pts[i], completion_tokens=cts[i], cost=share,
-                              cached=False, finish_reason=reply.finish_reasons[i]))
-    return out, pt, ct, cost
-
-
 class LLM:
     """Completions from named endpoints, cached, rate limited, retried and accounted."""
 
     def __init__(self, endpoints: Mapping[str, Endpoint], cache: RequestCache, *,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
-                 preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S):
+                 preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S, batch_dir: Path | None = None):
         self.endpoints = dict(endpoints)
         self.cache = cache
+        self.batch_dir = batch_dir or cache.path.parent / "batches"  # where batch jobs are written, to resume them
         self.backoff = Backoff(backoff_base_s, backoff_max_s)
         self.preflight_timeout_s = preflight_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -143,6 +80,8 @@ class LLM:
         lim = self._limits.get(ep.name)
         if lim is None:
             lim = self._limits[ep.name] = Limits(ep)
+            if ep.batch:
+                lim.batch = BatchClient(ep, self.cache, self.batch_dir, api_key=lambda: self._api_key(ep) or read_key(ep))
         return lim
 
     @staticmethod
@@ -153,12 +92,12 @@ class LLM:
             yield
         finally:
             for lim in list(limits.values()):
-                await lim.transport.aclose()
+                await lim.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP sessions of the running loop now (asyncio.run does it at its end anyway)."""
         for lim in list(self._limits.values()):
-            await lim.transport.aclose()
+            await lim.aclose()
         self._limits.clear()
 
     # ---- endpoints, keys, fatal errors ---------------------------------------------------
@@ -247,6 +186,28 @@ class LLM:
             usage.add_cost(cost)
         return completions
 
+    async def _batched(self, ep: Endpoint, keys: list[str], messages: list[dict], params: dict[str, Any],
+                       usage: Usage | None) -> list[Completion]:
+        """The samples for `keys` through the endpoint's batch jobs (llm/batch.py), which also
+        cached them; accounted here as paid requests at the batch price."""
+        lim = await self._limits_for(ep)
+        try:
+            values = await lim.batch.request(keys, messages, params)
+        except Failure as f:
+            raise self._endpoint_failure(ep, f, usage) from None
+        except LLMError:
+            if usage is not None:
+                usage.failures += 1
+            raise
+        out = [dataclasses.replace(self._from_cache(v), cost=v.get("cost"), cached=False) for v in values]
+        if usage is not None:
+            usage.requests += 1
+            usage.prompt_tokens += sum(c.prompt_tokens for c in out)
+            usage.completion_tokens += sum(c.completion_tokens for c in out)
+            for c in out:
+                usage.add_cost(c.cost)
+        return out
+
     @staticmethod
     def _to_cache(c: Completion) -> dict:
         return {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
@@ -293,8 +254,11 @@ class LLM:
         try:
             req = dict(params)
             req["seed"] = int(params.get("seed", 0)) + sample_index
-            c = (await self._request(ep, messages, req, usage))[0]
-            self.cache.put(key, self._to_cache(c))
+            if ep.batch:
+                c = (await self._batched(ep, [key], messages, req, usage))[0]
+            else:
+                c = (await self._request(ep, messages, req, usage))[0]
+                self.cache.put(key, self._to_cache(c))
             fut.set_result(c)
             return c
         except BaseException as e:
@@ -330,7 +294,11 @@ class LLM:
             return results  # type: ignore[return-value]
         self._raise_if_fatal(ep)
 
-        if n > 1 and len(missing) == n and ep.supports_n and ep.name not in self._ignores_n:
+        if n > 1 and len(missing) == n and ep.batch and ep.supports_n and ep.provider == "openai":
+            req = dict(params)
+            req["seed"] = int(params.get("seed", 0))
+            return await self._batched(ep, keys, messages, req, usage)  # one batch request with n = n
+        if n > 1 and len(missing) == n and ep.supports_n and ep.name not in self._ignores_n and not ep.batch:
             req = dict(params)
             req["seed"] = int(params.get("seed", 0))
             req["n"] = n

@@ -35,6 +35,7 @@ class Endpoint:
     max_retries: int = 6
     max_backoff_s: float = MAX_BACKOFF_S  # a Retry-After beyond this fails the request instead of sleeping
     supports_n: bool = True
+    via_litellm: bool = False  # the recipe's `client: litellm`: never the door's own client
     batch: bool = False        # send requests as provider batch jobs (OpenAI Batch, Anthropic Message Batches)
     batch_price: tuple[float, float] | None = None
     batch_poll_s: float = 30.0
@@ -53,7 +54,7 @@ class Endpoint:
     @property
     def native(self) -> bool:
         """Whether the door's own OpenAI-compatible client serves this endpoint (else litellm)."""
-        return bool(self.api_base) and self.provider in OPENAI_COMPATIBLE
+        return bool(self.api_base) and self.provider in OPENAI_COMPATIBLE and not self.via_litellm
 
     @property
     def is_loopback(self) -> bool:
@@ -90,6 +91,7 @@ class Endpoint:
             max_retries=m.max_retries,
             max_backoff_s=float(m.max_backoff_s),
             supports_n=m.supports_n,
+            via_litellm=m.client == "litellm",
             batch=batch,
             batch_price=batch_price(model if m.price is None else None, price) if batch else None,
             batch_poll_s=float(getattr(m, "batch_poll_s", 30.0)),

@@ -45,6 +45,9 @@ def render_plan(console: Console, plan: Plan, *, show_prompts: bool = True) -> N
     console.print(
         f"total: {plan.total_calls:,} LLM calls (≤ where marked), ~{tin:,} input / ≤{tout:,} output tokens, cost ≤ {cost_text}"
     )
+    batched = sorted(k for k, m in r.models.items() if m.batch)
+    if batched:
+        console.print(f"batch: {', '.join(batched)} priced at the batch rate (half the usual; answers within 24 h)")
     if show_prompts:
         console.print(f"\nexample prompts ({source}):")
         for agent, (role, text) in examples.items():

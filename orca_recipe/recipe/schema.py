@@ -59,6 +59,10 @@ class LocalServe(Strict):
         return self
 
 
+# Providers whose batch APIs the door speaks (llm/batch.py).
+BATCH_PROVIDERS = frozenset({"openai", "anthropic"})
+
+
 class ModelEndpoint(Strict):
     """A named model: a litellm model string, or a local folder served by vLLM."""
 
@@ -75,6 +79,12 @@ class ModelEndpoint(Strict):
     max_retries: NonNegativeInt = 6
     max_backoff_s: PositiveFloat = Field(300, description="Longest wait before a retry; a Retry-After beyond it fails the request.")
     supports_n: bool = Field(True, description="False: request n samples as n separate seeded calls.")
+    client: Literal["auto", "litellm"] = Field(
+        "auto", description="auto: the door's own HTTP client for OpenAI-compatible servers with an api_base "
+                            "(hosted_vllm/, openai/), litellm for every other provider; litellm: always litellm.")
+    batch: bool = Field(False, description="Send requests as provider batch jobs (OpenAI Batch API, Anthropic "
+                                           "Message Batches): half the price, results within 24 h.")
+    batch_poll_s: PositiveFloat = Field(30, description="Seconds between polls of a running batch job.")
 
     @model_validator(mode="after")
     def _model_or_local(self) -> "ModelEndpoint":
@@ -82,6 +92,9 @@ class ModelEndpoint(Strict):
             raise ValueError("set 'model' (a litellm model string) or 'local' (a model folder served by vLLM)")
         if self.model is not None and self.local is not None:
             raise ValueError("set only one of 'model' or 'local'")
+        if self.batch and (self.model is None or self.model.split("/", 1)[0] not in BATCH_PROVIDERS):
+            raise ValueError(f"batch: true needs a model of a provider with a batch API "
+                             f"({', '.join(p + '/...' for p in sorted(BATCH_PROVIDERS))}), not {self.model or 'a local model'!r}")
         return self
 
 
