@@ -221,9 +221,11 @@ def publish(
     import os
     import tempfile
 
-    from orca_recipe.publish import DEFAULT_ENDPOINT, hub_token, prepare, push
+    url = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    os.environ["HF_ENDPOINT"] = url  # before huggingface_hub is imported: its own side requests go there too, not to huggingface.co
 
-    url = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    from orca_recipe.publish import hub_token, prepare, push
+
     token = None if dry_run else hub_token(token_env)
     with tempfile.TemporaryDirectory(prefix="orca-publish-") as tmp:
         folder = out_dir or (run_dir / "publish" if dry_run else Path(tmp))

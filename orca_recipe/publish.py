@@ -23,7 +23,6 @@ from orca_recipe.errors import UserError
 from orca_recipe.licence import Licence, find_licence, resolve_data_path
 from orca_recipe.store import read_jsonl
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 RUN_FILES = ("recipe.yaml", "report.md", "pass_at_1.png")
 
 
