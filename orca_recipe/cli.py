@@ -205,6 +205,44 @@ def report(
     out.print(f"report: {path}")
 
 
+@app.command()
+def publish(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny."),
+    repo: str = typer.Option(..., "--repo", help="The dataset repo, ORG/NAME; checkpoints go to ORG/NAME-STAGE."),
+    models: bool = typer.Option(False, "--models", help="Also push each trained checkpoint as a model repo."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Write the folder that would be pushed and list it; no network, no token."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write that folder (default RUN_DIR/publish with --dry-run, else a temporary folder)."),
+    token_env: str = typer.Option("HF_TOKEN", "--token-env", help="The NAME of the variable that holds the Hub token (never printed)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="The Hub's URL (default $HF_ENDPOINT, else https://huggingface.co)."),
+    private: bool = typer.Option(False, "--private", help="Create the repos private."),
+    license_: Optional[str] = typer.Option(None, "--license", help="The seed data's licence, when the data does not record it (e.g. cc-by-4.0)."),
+) -> None:
+    """Push the run's datasets to the Hub as one dataset repo (a config per stage, a card from the recipe and manifests)."""
+    import os
+    import tempfile
+
+    url = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    os.environ["HF_ENDPOINT"] = url  # before huggingface_hub is imported: its own side requests go there too, not to huggingface.co
+
+    from orca_recipe.publish import hub_token, prepare, push
+
+    token = None if dry_run else hub_token(token_env)
+    with tempfile.TemporaryDirectory(prefix="orca-publish-") as tmp:
+        folder = out_dir or (run_dir / "publish" if dry_run else Path(tmp))
+        uploads, notes = prepare(run_dir, repo, folder, models=models, licence=license_)
+        for note in notes:
+            err.print(f"[yellow]note:[/] {note}")
+        for u in uploads:
+            out.print(f"{'would push' if dry_run else 'pushing'} {u.repo_type} {u.repo_id}: {len(u.files)} files, {u.size / 1e6:.1f} MB")
+            for rel, path in u.files:
+                out.print(f"  {rel}  ({path.stat().st_size:,} bytes)", highlight=False)
+        if dry_run:
+            out.print(f"dry run: nothing pushed; the folder is {folder}")
+            return
+        for pushed in push(uploads, token=token, token_env=token_env, endpoint=url, private=private, message=f"orca-recipe publish {run_dir.name}"):
+            out.print(f"[green]pushed[/] {pushed}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)

@@ -175,7 +175,26 @@ def markdown(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(run_dir: Path, evals: list[dict]) -> Path | None:
+def funnel(manifests: list[dict]) -> list[dict]:
+    """Per stage: rows in (the rows of its input stages that hold data; a stage fed only by files or a
+    model counts what it accounted for), kept, rejected, failed. Judge and preferences stages
+    look problems up in the filtered set but take their rows from the stage before them."""
+    rows = {m["stage"]: m.get("rows") or 0 for m in manifests}
+    kinds = {m["stage"]: m.get("kind") for m in manifests}
+    out = []
+    for m in manifests:
+        kept, rejected, failed = m.get("rows") or 0, m.get("rejects") or 0, m.get("failures") or 0
+        fed = [i for i in (m.get("inputs") or {}) if i in rows and kinds[i] not in ("sft", "train_preference")]
+        if m.get("kind") in ("judge", "preferences") and len(fed) > 1:
+            fed = [i for i in fed if kinds[i] != "filter"]  # there the filtered problems are only looked up
+        out.append({"stage": m["stage"], "in": sum(rows[i] for i in fed) if fed else kept + rejected + failed,
+                    "kept": kept, "rejected": rejected, "failed": failed})
+    return out
+
+
+def plot(run_dir: Path, evals: list[dict], manifests: list[dict] | None = None) -> Path | None:
+    """pass_at_1.png: pass@1 with 95% Wilson intervals per checkpoint (left) and the per-stage
+    funnel of rows in, kept, rejected and failed (right); None without matplotlib or stages."""
     try:
         import matplotlib
 
@@ -183,17 +202,46 @@ def plot(run_dir: Path, evals: list[dict]) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    if not evals:
+    manifests = manifests or []
+    if not evals and not manifests:
         return None
-    names = [e["model"] for e in evals]
-    p = [100 * e["pass_at_1"] for e in evals]
-    err = [[100 * (e["pass_at_1"] - e["ci95"][0]) for e in evals], [100 * (e["ci95"][1] - e["pass_at_1"]) for e in evals]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.errorbar(names, p, yerr=err, fmt="o-", capsize=4)
+    fig, (ax, fx) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    if evals:
+        labels = [e["stage"] if e["model"] in e["stage"] else f"{e['stage']}\n({e['model']})" for e in evals]
+        p = [100 * e["pass_at_1"] for e in evals]
+        lo = [100 * wilson(e["correct"], e["n"])[0] for e in evals]
+        hi = [100 * wilson(e["correct"], e["n"])[1] for e in evals]
+        ax.errorbar(range(len(evals)), p, yerr=[[a - b for a, b in zip(p, lo)], [b - a for a, b in zip(p, hi)]], fmt="o-", capsize=5, color="tab:blue")
+        for x, (e, y) in enumerate(zip(evals, p)):
+            ax.annotate(f"{y:.1f}% ({e['correct']}/{e['n']})", (x, y), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")
+        ax.set_xticks(range(len(evals)), labels, fontsize=8)
+        ax.set_xlim(-0.5, len(evals) - 0.3)
+        ax.set_ylim(bottom=0, top=max(hi) * 1.15 + 1)
+        ns = sorted({e["n"] for e in evals})
+        ax.set_title(f"pass@1 per checkpoint (n={'/'.join(map(str, ns))}, 95% Wilson CI)", fontsize=10)
+    else:
+        ax.text(0.5, 0.5, "no eval stage has run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("pass@1 per checkpoint", fontsize=10)
     ax.set_ylabel("pass@1 (%)")
-    ax.set_xlabel("checkpoint")
-    ax.set_title(f"pass@1 by stage (n={evals[0]['n']}, 95% Wilson CI)")
-    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", alpha=0.3)
+
+    rows = funnel(manifests)
+    y = list(range(len(rows)))[::-1]
+    kept = [r["kept"] for r in rows]
+    rej = [r["rejected"] for r in rows]
+    fail = [r["failed"] for r in rows]
+    fx.barh(y, [r["in"] for r in rows], height=0.8, color="none", edgecolor="grey", linestyle="--", label="in (input stages' rows)")
+    fx.barh(y, kept, height=0.5, color="tab:green", label="kept")
+    fx.barh(y, rej, left=kept, height=0.5, color="tab:orange", label="rejected")
+    fx.barh(y, fail, left=[a + b for a, b in zip(kept, rej)], height=0.5, color="tab:red", label="failed")
+    for yy, r in zip(y, rows):
+        extra = "".join(f", {r[k]} {k}" for k in ("rejected", "failed") if r[k])
+        fx.text(max(r["in"], r["kept"] + r["rejected"] + r["failed"]), yy, f" {r['kept']}/{r['in']}{extra}", va="center", fontsize=7)
+    fx.set_yticks(y, [r["stage"] for r in rows], fontsize=8)
+    fx.set_xlabel("rows")
+    fx.set_xlim(right=max([r["in"] for r in rows] + [r["kept"] + r["rejected"] + r["failed"] for r in rows] + [1]) * 1.3)
+    fx.set_title("rows per stage: in, kept, rejected, failed", fontsize=10)
+    fx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, frameon=False)
     fig.tight_layout()
     out = run_dir / "pass_at_1.png"
     fig.savefig(out, dpi=120)
@@ -202,8 +250,8 @@ def plot(run_dir: Path, evals: list[dict]) -> Path | None:
 
 
 def write_report(run_dir: Path) -> Path:
-    evals, _ = collect(run_dir)
-    plot(run_dir, evals)
+    evals, manifests = collect(run_dir)
+    plot(run_dir, evals, manifests)
     path = run_dir / "report.md"
     atomic_write_text(path, markdown(run_dir))
     return path

@@ -255,3 +255,50 @@ def test_cli_json_markdown_and_bad_format(tmp_path):
     bad = run_cli("report", run, "--format", "xml")
     assert bad.returncode == 2 and bad.stdout == ""
     assert "xml" in bad.stderr and "--format" in bad.stderr
+
+
+# ---------- the PNG ----------
+
+def _read_png(path: Path):
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return mpimg.imread(path)
+
+
+def test_report_writes_a_two_panel_png(tmp_path):
+    run = make_run(tmp_path / "run")
+    assert run_cli("report", run).returncode == 0
+    img = _read_png(run / "pass_at_1.png")
+    h, w, channels = img.shape
+    assert 400 <= h <= 1200 and 1000 <= w <= 2000 and channels in (3, 4)  # two panels side by side at 120 dpi
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05 and (rgb < 0.5).mean() > 0.005  # drawn on, not a blank canvas
+    left, right = rgb[:, : w // 2], rgb[:, w // 2:]
+    assert (left < 0.5).mean() > 0.002 and (right < 0.5).mean() > 0.002  # both panels drawn
+    assert "Plot:" in (run / "report.md").read_text()
+
+
+def test_funnel_counts_rows_in_kept_rejected_failed():
+    from orca_recipe.report import funnel
+
+    manifests = [
+        {"stage": "seeds", "kind": "seeds", "rows": 10, "rejects": 2, "failures": 0},
+        {"stage": "solve", "kind": "solve", "rows": 7, "rejects": 2, "failures": 1, "inputs": {"seeds": "f"}},
+        {"stage": "filter", "kind": "filter", "rows": 6, "rejects": 1, "failures": 0, "inputs": {"solve": "f"}},
+        {"stage": "sft", "kind": "sft", "rows": 6, "rejects": 0, "failures": 0, "inputs": {"filter": "f"}},
+        {"stage": "practice_2", "kind": "practice", "rows": 8, "rejects": 0, "failures": 0, "inputs": {"filter": "f", "sft": "f"}},
+        {"stage": "judge_2", "kind": "judge", "rows": 8, "rejects": 0, "failures": 0, "inputs": {"filter": "f", "practice_2": "f"}},
+        {"stage": "eval_sft", "kind": "eval", "rows": 39, "rejects": 0, "failures": 1, "inputs": {"sft": "f"}},
+    ]
+    got = {r["stage"]: (r["in"], r["kept"], r["rejected"], r["failed"]) for r in funnel(manifests)}
+    assert got == {"seeds": (12, 10, 2, 0), "solve": (10, 7, 2, 1), "filter": (7, 6, 1, 0), "sft": (6, 6, 0, 0),
+                   "practice_2": (6, 8, 0, 0), "judge_2": (8, 8, 0, 0), "eval_sft": (40, 39, 0, 1)}
+
+
+def test_png_without_eval_stages_still_shows_the_funnel(tmp_path):
+    from orca_recipe.report import plot
+
+    path = plot(tmp_path, [], [{"stage": "seeds", "kind": "seeds", "rows": 3, "rejects": 1, "failures": 0}])
+    assert path is not None and _read_png(path).shape[0] > 300
+    assert plot(tmp_path, [], []) is None

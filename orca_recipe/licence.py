@@ -1,0 +1,95 @@
+"""The licence of a run's input data, as far as the data itself records it.
+
+A published dataset inherits its seed problems' licence, and orca-recipe's recipe has no
+licence key, so we read what ships beside the data: a `datasets` folder's
+`dataset_info.json`, a dataset card's `license:` front matter, a SOURCE.md "Licence:" line,
+or a LICENSE file's first line. Anything else is "unknown", said plainly, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+UNKNOWN_TEXT = "unknown — check the seed data's licence"
+
+# First words of a licence text -> the Hub's licence id (https://huggingface.co/docs/hub/repositories-licenses).
+_HUB_IDS = [
+    (r"mit\b", "mit"), (r"apache(-|\s)*(license,?\s*)?(version\s*)?2", "apache-2.0"), (r"cc[-\s]?by[-\s]?sa[-\s]?4", "cc-by-sa-4.0"),
+    (r"cc[-\s]?by[-\s]?nc[-\s]?4", "cc-by-nc-4.0"), (r"cc[-\s]?by[-\s]?4", "cc-by-4.0"), (r"cc0", "cc0-1.0"),
+    (r"bsd[-\s]?3", "bsd-3-clause"), (r"bsd[-\s]?2", "bsd-2-clause"), (r"gpl[-\s]?3|gnu general public license.*3", "gpl-3.0"),
+    (r"odc[-\s]?by", "odc-by"), (r"unknown\b", "unknown"), (r"other\b", "other"),
+]
+
+
+@dataclass(frozen=True)
+class Licence:
+    hub_id: str  # what the card's `license:` front matter says: a Hub id, "other" or "unknown"
+    text: str  # what a person reads
+    source: str | None  # the file it came from
+
+
+def hub_id(text: str) -> str | None:
+    low = text.strip().lower()
+    for pattern, ident in _HUB_IDS:
+        if re.match(pattern, low):
+            return ident
+    return None
+
+
+def from_text(text: str, source: str | None = None) -> Licence:
+    return Licence(hub_id(text) or "other", text.strip(), source)
+
+
+def resolve_data_path(path: str | None, run_dir: Path) -> Path | None:
+    """A data path from the run's recipe.yaml: relative to wherever `run` was started, which
+    is not recorded; the usual places are here, and above the run folder (runs/NAME)."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_absolute():
+        return p if p.exists() else None
+    for base in (Path.cwd(), run_dir.parent, run_dir.parent.parent):
+        if (base / p).exists():
+            return base / p
+    return None
+
+
+def find_licence(data: Path | None) -> Licence:
+    """What the data at `data` (a file or a `datasets` folder) records about its licence."""
+    if data is None:
+        return Licence("unknown", UNKNOWN_TEXT, None)
+    folder = data if data.is_dir() else data.parent
+    info = folder / "dataset_info.json"
+    if info.is_file():
+        try:
+            value = json.loads(info.read_text()).get("license")
+        except (ValueError, AttributeError):
+            value = None
+        if value:
+            return from_text(str(value), str(info))
+    card = folder / "README.md"
+    if card.is_file():
+        from huggingface_hub import DatasetCard
+
+        try:
+            value = DatasetCard(card.read_text()).data.license
+        except ValueError:
+            value = None
+        if value:
+            value = value[0] if isinstance(value, list) else value
+            return Licence(hub_id(str(value)) or "other", str(value), str(card))
+    source = folder / "SOURCE.md"
+    if source.is_file():
+        m = re.search(r"^\W*licen[cs]e\W*:\s*(.+)$", source.read_text(), re.IGNORECASE | re.MULTILINE)
+        if m:
+            return from_text(m.group(1), str(source))
+    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "COPYING"):
+        f = folder / name
+        if f.is_file():
+            first = next((line for line in f.read_text(errors="replace").splitlines() if line.strip()), "")
+            if first:
+                return from_text(first, str(f))
+    return Licence("unknown", UNKNOWN_TEXT, None)

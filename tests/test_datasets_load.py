@@ -1,0 +1,44 @@
+"""Every dataset a run writes loads with `datasets.load_dataset` from the run folder, with the
+row counts its manifest states: the promise the README and a published card make."""
+
+from __future__ import annotations
+
+import json
+
+from _cli import REPO, run_cli
+from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply
+
+
+def test_every_stage_dataset_loads_with_its_manifest_counts(tmp_path):
+    from datasets import load_dataset
+
+    with FakeOpenAI(responder=pipeline_reply) as srv:
+        recipe = fake_recipe(tmp_path / "gen.yaml", srv.api_base, endpoint={"concurrency": 4, "max_retries": 1}, seeds={"limit": 4}, evolve={"limit": 4},
+                             solve={"keep_if_gold_matches": True},  # the fake never matches a seed's gold: rejects
+                             eval={"path": f"{REPO}/data/gsm8k/test.jsonl", "agent": "student", "limit": 6})
+        run_dir = tmp_path / "run"
+        proc = run_cli("run", recipe, "--run-dir", run_dir)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    loaded = {}
+    plan = json.loads((run_dir / "plan.json").read_text())["stages"]
+    assert [s["kind"] for s in plan] == ["seeds", "ask_me_anything", "evolve", "solve", "filter", "eval"]
+    for stage in plan:
+        m = json.loads((run_dir / stage["name"] / "manifest.json").read_text())
+        for part, count in (("data", m["rows"]), ("rejects", m["rejects"]), ("failures", m["failures"])):
+            path = run_dir / stage["name"] / m["files"][part]
+            if count == 0:
+                assert path.read_text() == "", path  # an empty table is an empty file
+                continue
+            ds = load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf_cache"))
+            assert len(ds) == count, (stage["name"], part)
+            loaded[stage["name"], part] = count
+        assert m["rows"] > 0, stage["name"]
+    assert any(part == "rejects" for _, part in loaded)  # the rejects tables were read too
+
+    # The published folder loads by config name, as `load_dataset("ORG/NAME", stage)` would on the Hub.
+    out = tmp_path / "publish"
+    dry = run_cli("publish", run_dir, "--repo", "org/run", "--dry-run", "--out", out)
+    assert dry.returncode == 0, dry.stderr
+    for stage in plan:
+        ds = load_dataset(str(out / "dataset"), stage["name"], split="train", cache_dir=str(tmp_path / "hf_cache"))
+        assert len(ds) == loaded[stage["name"], "data"], stage["name"]
