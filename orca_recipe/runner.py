@@ -240,7 +240,8 @@ class Runner:
         for agent in ctx.stage.agents:
             key = recipe.agents[agent].model
             m = recipe.models[key]
-            parallel = max(parallel, m.concurrency * 2, MAX_REQUESTS if m.batch else 0)  # a batch takes every row at once
+            servers = 1 + len(m.replicas)
+            parallel = max(parallel, m.concurrency * servers * 2, MAX_REQUESTS if m.batch else 0)  # a batch takes every row at once
             server_key = self.server_key(ctx.stage, agent)
             names[agent] = server_key or key
             if m.local is None:

@@ -469,3 +469,37 @@ def test_door_import_does_not_import_litellm():
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---- replicas -----------------------------------------------------------------------------------
+def test_requests_spread_over_replicas_by_free_slots(tmp_path):
+    with FakeOpenAI(latency=0.05) as a, FakeOpenAI(latency=0.05) as b:
+        llm = make_llm(tmp_path, a, replicas=(b.api_base,), concurrency=4)
+        asyncio.run(llm.preflight("m"))
+
+        async def go():
+            return await asyncio.gather(*(llm.complete("m", msgs(f"r{i}"), {}) for i in range(60)))
+
+        out = asyncio.run(go())
+        assert [c.text for c in out] == [reply_text(f"r{i}", 0, 0) for i in range(60)]
+        assert a.total_requests + b.total_requests == 60
+        assert min(a.total_requests, b.total_requests) >= 20  # both busy, not one after the other
+        assert a.max_in_flight <= 4 and b.max_in_flight <= 4 and max(a.max_in_flight, b.max_in_flight) >= 3
+
+
+def test_a_dead_replica_fails_preflight_and_a_dying_one_is_routed_around(tmp_path):
+    with FakeOpenAI() as a:
+        dead = f"http://127.0.0.1:{dead_port()}/v1"
+        llm = make_llm(tmp_path, a, replicas=(dead,), concurrency=2, max_retries=3)
+        with pytest.raises(EndpointError, match="cannot reach"):
+            asyncio.run(llm.preflight("m"))
+        # after a healthy start, a replica that goes away costs a retry, not the request
+        llm = make_llm(tmp_path, a, cache=llm.cache, replicas=(dead,), concurrency=2, max_retries=3)
+        u = Usage()
+
+        async def go():
+            return await asyncio.gather(*(llm.complete("m", msgs(f"d{i}"), {}, usage=u) for i in range(10)))
+
+        out = asyncio.run(go())
+        assert [c.text for c in out] == [reply_text(f"d{i}", 0, 0) for i in range(10)]
+        assert u.failures == 0 and 1 <= u.retries <= 4 and a.ok_requests == 10

@@ -26,6 +26,7 @@ class Endpoint:
     litellm_model: str         # e.g. "openai/gpt-4-turbo", "hosted_vllm/smollm2-135m-instruct"
     identity: str              # cache identity: model string @ api_base, or "local:<weights content>:<dtype>"
     api_base: str | None = None
+    replicas: tuple[str, ...] = ()   # more api_bases serving the same model (the door spreads requests)
     api_key_env: str | None = None   # the NAME of the env var; the key is read at call time
     concurrency: int = 8
     rpm: int | None = None
@@ -57,9 +58,18 @@ class Endpoint:
         return bool(self.api_base) and self.provider in OPENAI_COMPATIBLE and not self.via_litellm
 
     @property
+    def bases(self) -> tuple[str, ...]:
+        """Every server of this endpoint: the api_base, then the replicas."""
+        return ((self.api_base,) if self.api_base else ()) + self.replicas
+
+    @property
     def is_loopback(self) -> bool:
-        host = (urlparse(self.api_base or "").hostname or "").lower()
-        return host in ("localhost", "::1") or host.startswith("127.")
+        return all(is_loopback(b) for b in self.bases) if self.bases else False
+
+
+def is_loopback(url: str) -> bool:
+    host = (urlparse(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
     @classmethod
     def from_recipe(cls, name: str, m: "ModelEndpoint", *, api_base: str | None = None, litellm_model: str | None = None,
@@ -82,6 +92,7 @@ class Endpoint:
             litellm_model=model,
             identity=identity or (f"{model}@{m.api_base}" if m.api_base else model),
             api_base=api_base if api_base is not None else m.api_base,
+            replicas=tuple(m.replicas) if api_base is None else (),
             api_key_env=m.api_key_env,
             concurrency=m.concurrency,
             rpm=m.rpm,

@@ -56,7 +56,7 @@ class Limits:
     """One endpoint's limits and transport on one event loop (asyncio objects belong to a loop)."""
 
     def __init__(self, ep: Endpoint):
-        self.sem = asyncio.Semaphore(max(1, ep.concurrency))
+        self.sem = asyncio.Semaphore(max(1, ep.concurrency) * max(1, len(ep.bases)))  # each replica its own slots
         self.rpm = Bucket(ep.rpm) if ep.rpm else None
         self.tpm = Bucket(ep.tpm) if ep.tpm else None
         self.transport = transport_for(ep)

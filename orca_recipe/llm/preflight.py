@@ -11,7 +11,7 @@ import os
 import urllib.error
 import urllib.request
 
-from orca_recipe.llm.endpoint import Endpoint
+from orca_recipe.llm.endpoint import Endpoint, is_loopback
 from orca_recipe.llm.errors import server_words
 
 
@@ -41,18 +41,19 @@ async def problem(ep: Endpoint, timeout_s: float) -> str | None:
                 missing = []
             if missing:
                 return f"{ep.litellm_model} needs the environment variable(s) {', '.join(missing)} (or set api_key_env in the recipe)"
-    if ep.api_base:
-        return await _probe(ep, timeout_s)
+    if ep.api_base:  # every replica must answer: a dead one is a typo or a server that did not start
+        problems = await asyncio.gather(*(_probe(ep, base, timeout_s) for base in ep.bases))
+        return next((p for p in problems if p), None)
     return None
 
 
-async def _probe(ep: Endpoint, timeout_s: float) -> str | None:
-    url = ep.api_base.rstrip("/") + "/models"
+async def _probe(ep: Endpoint, api_base: str, timeout_s: float) -> str | None:
+    url = api_base.rstrip("/") + "/models"
     headers = {"Accept": "application/json"}
     key = os.environ.get(ep.api_key_env) if ep.api_key_env else None
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    opener = (urllib.request.build_opener(urllib.request.ProxyHandler({})) if ep.is_loopback
+    opener = (urllib.request.build_opener(urllib.request.ProxyHandler({})) if is_loopback(api_base)
               else urllib.request.build_opener())
 
     def get() -> tuple[int, bytes | str]:
@@ -67,9 +68,9 @@ async def _probe(ep: Endpoint, timeout_s: float) -> str | None:
 
     status, body = await asyncio.to_thread(get)
     if status == -1:
-        return f"cannot reach {ep.api_base} ({body}); is the server running and the api_base right?"
+        return f"cannot reach {api_base} ({body}); is the server running and the api_base right?"
     if status in (401, 403):
-        return (f"{ep.api_base} rejected the API key (HTTP {status})"
+        return (f"{api_base} rejected the API key (HTTP {status})"
                 + (f"; check ${ep.api_key_env}" if ep.api_key_env else "; set api_key_env in the recipe"))
     if status != 200 or ep.provider not in ("openai", "hosted_vllm"):
         return None  # the server answered; an odd /models route is no reason to stop
@@ -79,5 +80,5 @@ async def _probe(ep: Endpoint, timeout_s: float) -> str | None:
         return None
     if ids and ep.served_model not in ids:
         shown = ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
-        return f"model {ep.served_model!r} is not served at {ep.api_base} (it serves: {shown})"
+        return f"model {ep.served_model!r} is not served at {api_base} (it serves: {shown})"
     return None

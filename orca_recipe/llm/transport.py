@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from orca_recipe.llm.endpoint import Endpoint
 from orca_recipe.llm.errors import AUTH, CONFIG, FAIL, NOTFOUND, QUOTA, RETRY, Failure, kind_of_status, retry_after, server_words
+
+
+REPLICA_REST_S = 5.0  # a replica that refused a connection gets no requests for this long (if others are up)
 
 
 @dataclass
@@ -65,20 +69,32 @@ class OpenAICompatible:
         self.ep = ep
         self._aiohttp = aiohttp
         self._orjson = orjson
-        self.url = ep.api_base.rstrip("/") + "/chat/completions"
+        self.urls = [b.rstrip("/") + "/chat/completions" for b in ep.bases]
+        self.in_flight = [0] * len(self.urls)      # per replica
+        self.down_until = [0.0] * len(self.urls)   # a replica that refused a connection rests a while
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(1, ep.concurrency), limit_per_host=0),
+            connector=aiohttp.TCPConnector(limit=max(1, ep.concurrency) * len(self.urls), limit_per_host=max(1, ep.concurrency)),
             timeout=aiohttp.ClientTimeout(total=ep.timeout_s),  # a deadline for the whole reply, body included
             trust_env=not ep.is_loopback,  # proxies from the environment, never for our own local server
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
 
+    def pick(self) -> int:
+        """The replica with the most free slots (the fewest requests in flight), skipping resting ones."""
+        if len(self.urls) == 1:
+            return 0
+        now = time.monotonic()
+        up = [i for i in range(len(self.urls)) if self.down_until[i] <= now] or list(range(len(self.urls)))
+        return min(up, key=lambda i: self.in_flight[i])
+
     async def send(self, messages: list[dict], params: dict[str, Any], api_key: str | None) -> Reply:
         aiohttp, orjson = self._aiohttp, self._orjson
         body = orjson.dumps({"model": self.ep.served_model, "messages": messages, **params})
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key or 'EMPTY'}"}
+        i = self.pick()
+        self.in_flight[i] += 1
         try:
-            async with self.session.post(self.url, data=body, headers=headers) as resp:
+            async with self.session.post(self.urls[i], data=body, headers=headers) as resp:
                 status = resp.status
                 raw = await resp.read()
                 hdrs = resp.headers
@@ -86,10 +102,14 @@ class OpenAICompatible:
             raise Failure(RETRY, f"no complete reply within timeout_s={self.ep.timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as e:
             refused = isinstance(e.os_error, ConnectionRefusedError)
-            raise Failure(RETRY, f"cannot connect to {self.ep.api_base} ({type(e.os_error).__name__})",
+            if len(self.urls) > 1:
+                self.down_until[i] = time.monotonic() + REPLICA_REST_S
+            raise Failure(RETRY, f"cannot connect to {self.ep.bases[i]} ({type(e.os_error).__name__})",
                           refused=refused) from None
         except (aiohttp.ClientError, OSError) as e:  # dropped connection, broken body, reset
             raise Failure(RETRY, f"{type(e).__name__}: {str(e)[:160]}") from None
+        finally:
+            self.in_flight[i] -= 1
         if status != 200:
             text = raw[:4096].decode("utf-8", "replace")
             raise self._status_failure(status, text, hdrs)

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from orca_recipe.recipe.compile import Plan
-from orca_recipe.recipe.preview import display_path, estimate, example_prompts
+from orca_recipe.recipe.preview import calls_per_model, display_path, estimate, example_prompts
 from orca_recipe.store import atomic_write_text
 
 
@@ -45,6 +45,13 @@ def render_plan(console: Console, plan: Plan, *, show_prompts: bool = True) -> N
     console.print(
         f"total: {plan.total_calls:,} LLM calls (≤ where marked), ~{tin:,} input / ≤{tout:,} output tokens, cost ≤ {cost_text}"
     )
+    calls = calls_per_model(plan)
+    for key, m in r.models.items():
+        if m.replicas and calls.get(key):
+            k = 1 + len(m.replicas)
+            console.print(f"replicas: {key}'s ~{calls[key]:,} calls spread over {k} servers ({m.concurrency} in flight "
+                          f"each, {m.concurrency * k} in all): ~{calls[key] // k:,} per server, so its generation "
+                          f"time is ~1/{k} of one server's (same latency per call)")
     batched = sorted(k for k, m in r.models.items() if m.batch)
     if batched:
         console.print(f"batch: {', '.join(batched)} priced at the batch rate (half the usual; answers within 24 h)")

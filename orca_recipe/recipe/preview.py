@@ -113,3 +113,15 @@ def display_path(path: str) -> str:
     except ValueError:
         return path
     return rel if not rel.startswith("../../..") else path
+
+
+def calls_per_model(plan: Plan) -> dict[str, int]:
+    """LLM calls per model key (a stage's calls shared evenly between its agents)."""
+    out: dict[str, int] = {}
+    for stage in plan.stages:
+        if stage.calls and stage.agents:
+            for agent in stage.agents:
+                key = plan.recipe.agents[agent].model
+                out[key] = out.get(key, 0) + stage.calls // len(stage.agents)
+    return out
+

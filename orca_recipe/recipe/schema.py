@@ -69,6 +69,9 @@ class ModelEndpoint(Strict):
     model: str | None = Field(None, description="litellm model string, e.g. openai/gpt-4-turbo, hosted_vllm/NAME.")
     local: LocalServe | None = None
     api_base: str | None = None
+    replicas: list[str] = Field(default_factory=list, description=(
+        "More api_bases serving the same model (OpenAI-compatible servers): each takes `concurrency` requests "
+        "and the door sends each request to the replica with the most free slots."))
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the key; never the key.")
     sampling: Sampling = Field(default_factory=Sampling)
     concurrency: PositiveInt = 8
@@ -92,6 +95,12 @@ class ModelEndpoint(Strict):
             raise ValueError("set 'model' (a litellm model string) or 'local' (a model folder served by vLLM)")
         if self.model is not None and self.local is not None:
             raise ValueError("set only one of 'model' or 'local'")
+        if self.replicas and not self.api_base:
+            raise ValueError("replicas: set api_base too (the first server); replicas lists the others")
+        if self.replicas and self.client == "litellm":
+            raise ValueError("replicas need the door's own client (client: auto) and an OpenAI-compatible model")
+        if self.replicas and self.model is not None and self.model.split("/", 1)[0] not in ("hosted_vllm", "openai", "custom_openai", "openai_like"):
+            raise ValueError(f"replicas need an OpenAI-compatible model (hosted_vllm/..., openai/...), not {self.model!r}")
         if self.batch and (self.model is None or self.model.split("/", 1)[0] not in BATCH_PROVIDERS):
             raise ValueError(f"batch: true needs a model of a provider with a batch API "
                              f"({', '.join(p + '/...' for p in sorted(BATCH_PROVIDERS))}), not {self.model or 'a local model'!r}")
