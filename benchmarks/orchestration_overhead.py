@@ -10,7 +10,8 @@ directory and cache each time) with `concurrency: C`: seeds -> evolve (2 rounds 
 suggester + editor) -> solve (seeds + evolved). With 340 seeds that is N = 2,040 requests.
 
 Figure: wall time of the evolve and solve stages (their manifests' `seconds`) over the ideal
-N * L / C, the time C perfectly packed concurrent requests would take. Target <= 1.10x.
+N * L / C, the time C perfectly packed concurrent requests would take. Targets: <= 1.5x at
+C=64 and <= 1.15x at C=16 on 2 cores, and the client's CPU <= 1 ms per request.
 Also printed: the CLI's CPU time per request (what bounds the ratio on a small machine: C / L
 requests per second need C / L * cpu_per_request cores) and the whole command's wall time.
 --profile runs one more time under cProfile and prints where the client's time goes.
@@ -37,6 +38,12 @@ WORK = REPO / ".cache" / "bench-orchestration"
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def target_for(C: int) -> float:
+    """Issue 12's targets on 2 cores: <= 1.5x the ideal at C=64 (640 req/s asked of one Python
+    client beside a Python endpoint), <= 1.15x at C=16; in between, the stricter of the two."""
+    return 1.5 if C >= 64 else 1.15
 
 
 def own_cpu() -> float:
@@ -125,9 +132,11 @@ def main() -> None:
     n = results[0]["requests"]
     cpu_ms = statistics.median((r["cli_cpu"] - startup_cpu) / r["requests"] * 1000 for r in results)
     need = C / L * cpu_ms / 1000
-    verdict = "MET" if ratio <= 1.10 else "NOT MET"
+    target = target_for(C)
+    verdict = "MET" if ratio <= target else "NOT MET"
     print(f"orchestration overhead (evolve+solve wall / (N*L/C)), N={n}, L={L * 1000:.0f} ms, C={C}: "
-          f"median {ratio:.3f}x (best {best:.3f}x) over {len(results)} runs; target <= 1.10x: {verdict}")
+          f"median {ratio:.3f}x (best {best:.3f}x) over {len(results)} runs; target <= {target:.2f}x: {verdict}")
+    print(f"client CPU per request: {cpu_ms:.2f} ms; target <= 1 ms: {'MET' if cpu_ms <= 1.0 else 'NOT MET'}")
     print(f"  the same measured at the endpoint (first request in to last answer out, so without the stages' "
           f"start-up such as importing litellm): median {window_ratio:.3f}x")
     print(f"client CPU: {startup_cpu:.1f} s to start (a 1-seed run) + {cpu_ms:.2f} ms per request; sustaining C/L = "

@@ -67,10 +67,6 @@ class Endpoint:
         return all(is_loopback(b) for b in self.bases) if self.bases else False
 
 
-def is_loopback(url: str) -> bool:
-    host = (urlparse(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
-
     @classmethod
     def from_recipe(cls, name: str, m: "ModelEndpoint", *, api_base: str | None = None, litellm_model: str | None = None,
                     identity: str | None = None) -> "Endpoint":
@@ -107,3 +103,8 @@ def is_loopback(url: str) -> bool:
             batch_price=batch_price(model if m.price is None else None, price) if batch else None,
             batch_poll_s=float(getattr(m, "batch_poll_s", 30.0)),
         )
+
+
+def is_loopback(url: str) -> bool:
+    host = (urlparse(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
