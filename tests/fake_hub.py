@@ -100,12 +100,20 @@ class _Handler(BaseHTTPRequestHandler):
         if not m:
             st.unknown.append(("GET", path))
             return self._send(404, {"error": "not a route of the fake hub"})
-        if not self._authorised():
+        repo = self._repo(m)
+        if repo is None:
             return
-        repo = st.repos.get(m["repo"])
-        if repo is None or repo["type"] + "s" != m["type"]:
-            return self._send(404, {"error": "Repository not found"})
         return self._send(200, {"id": m["repo"], "sha": "0" * 40, "siblings": [{"rfilename": f} for f in repo["files"]]})
+
+    def _repo(self, m) -> dict | None:
+        """The repo a matched route names, or None once a 401/404 has been sent."""
+        if not self._authorised():
+            return None
+        repo = self.state.repos.get(m["repo"])
+        if repo is None or repo["type"] + "s" != m["type"]:
+            self._send(404, {"error": "Repository not found"})
+            return None
+        return repo
 
     def do_POST(self):
         st = self.state
@@ -130,11 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not m:
             st.unknown.append(("POST", path))
             return self._send(404, {"error": "not a route of the fake hub"})
-        if not self._authorised():
+        repo = self._repo(m)
+        if repo is None:
             return
-        repo = st.repos.get(m["repo"])
-        if repo is None or repo["type"] + "s" != m["type"]:
-            return self._send(404, {"error": "Repository not found"})
         if m["op"] == "preupload":
             files = json.loads(body)["files"]
             return self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})

@@ -257,14 +257,7 @@ class BatchClient:
             if not fid:
                 continue
             text = await self._call("GET", f"/files/{fid}/content", raw=True)
-            for line in text.splitlines():
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    continue
-                cid = item.get("custom_id")
-                if cid not in job.requests:
-                    continue
+            for cid, item in _results(text, job):
                 resp = item.get("response") or {}
                 body = resp.get("body") if isinstance(resp, dict) else None
                 if resp.get("status_code") == 200 and isinstance(body, dict):
@@ -315,14 +308,7 @@ class BatchClient:
         url = status.get("results_url")
         if url:
             text = await self._call("GET", url, raw=True)
-            for line in text.splitlines():
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    continue
-                cid = item.get("custom_id")
-                if cid not in job.requests:
-                    continue
+            for cid, item in _results(text, job):
                 result = item.get("result") or {}
                 if result.get("type") == "succeeded":
                     msg = result.get("message") or {}
@@ -389,6 +375,17 @@ class BatchClient:
                 failure.attempts = attempt
                 raise failure
             await asyncio.sleep(min(failure.retry_after or 2.0 ** attempt, self.ep.max_backoff_s))
+
+
+def _results(text: str, job: Job):
+    """(custom_id, line) for each readable JSON line of a results file that belongs to `job`."""
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("custom_id") in job.requests:
+            yield item["custom_id"], item
 
 
 def default_key_env(ep: Endpoint) -> str | None:
