@@ -34,7 +34,8 @@ class FakeBatches:
     def __init__(self, *, hold: bool = False, expire_first: int = 0, fail_once: bool = False, key: str | None = None,
                  never: set[str] = frozenset()):
         self.hold = hold
-        self.never = never  # prompts no batch ever answers: each batch holding one ends expired
+        self.never = never
+        self.broken = False  # True: every call answers HTTP 503  # prompts no batch ever answers: each batch holding one ends expired
         self.expire_first = expire_first
         self.fail_once = fail_once
         self.key = key
@@ -153,6 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _authed(self) -> bool:
+        if self.st.broken:
+            self._send(503, {"error": {"message": "The service is temporarily unavailable."}})
+            return False
         if self.st.key is None:
             return True
         got = self.headers.get("Authorization", "").removeprefix("Bearer ") or self.headers.get("x-api-key", "")

@@ -159,3 +159,24 @@ def test_batch_needs_a_provider_with_a_batch_api(tmp_path):
     recipe = batch_recipe(tmp_path, "http://127.0.0.1:9/v1", model="hosted_vllm/foo")
     out = run_cli("validate", recipe)
     assert out.returncode == 2 and "batch: true needs a model of a provider with a batch API" in out.stderr
+
+
+def test_a_job_whose_polls_fail_is_never_sent_again_but_collected_next_run(tmp_path):
+    """The batches API stops answering while a job is out: its requests fail for this run
+    (nothing re-submitted, nothing paid twice) and the next run collects the same job."""
+    with FakeBatches(hold=True) as fb:
+        llm = batch_llm(tmp_path, fb.api_base, max_backoff_s=0.05)  # the API's retries, quickly
+
+        async def go():
+            task = asyncio.ensure_future(ask_all(llm, ["p0", "p1"], Usage()))
+            await asyncio.to_thread(wait_until, lambda: fb.polls >= 2)
+            fb.broken = True  # every call from now on: HTTP 503
+            return await task
+
+        out = asyncio.run(go())
+        assert all(isinstance(o, LLMError) and "still out" in o.reason for o in out)
+        assert fb.batches_created == 1
+        fb.broken, fb.hold = False, False
+        again = asyncio.run(ask_all(batch_llm(tmp_path, fb.api_base), ["p0", "p1"], Usage()))
+        assert [c.text for c in again] == [pipeline_reply(t, 0, 0) for t in ("p0", "p1")]
+        assert fb.batches_created == 1 and fb.requests_billed == 2

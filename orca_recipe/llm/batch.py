@@ -147,6 +147,11 @@ class BatchClient:
             except Failure as f:
                 if f.kind not in (RETRY, FAIL):
                     raise
+                if job.batch_id is not None:  # out there and maybe paid for: never sent again, collected next run
+                    for p in todo:
+                        p.future.set_exception(LLMError(f"batch {job.batch_id} is still out ({f.reason}); the next run "
+                                                        f"collects its answers", endpoint=self.ep.name))
+                    return
                 errors = {self._custom_id(p): f.reason for p in todo}
             again = []
             for p in todo:
