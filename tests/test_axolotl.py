@@ -54,3 +54,35 @@ def test_sft_then_kto_train_for_real(tmp_path, embedded_model_dir):
     write_jsonl(tmp_path / "preferences_2" / "data.jsonl", prefs.rows)
     kto = asyncio.run(train.run(_ctx(plan, "train_2", {"preferences_2": prefs.rows, "sft": []}, tmp_path)))
     assert kto.report["steps"] == 2 and is_model_folder(tmp_path / "train_2" / "output")
+
+
+def test_lora_sft_trains_an_adapter_and_merges_it_for_serving(tmp_path, embedded_model_dir):
+    """adapter: lora trains into sft/adapter and `axolotl merge-lora` leaves a plain model in
+    sft/output, the folder practice and eval serve: config + safetensors, the base's tensor
+    names (no lora_* left), and weights the training changed."""
+    from safetensors.numpy import load_file
+
+    plan = compile_file(
+        REPO / "recipes" / "tiny.yaml",
+        ["training.sft.axolotl.max_steps=2", "training.sft.axolotl.adapter=lora", "training.sft.axolotl.lora_r=8",
+         "training.sft.axolotl.learning_rate=0.001", "training.sft.axolotl.sequence_len=128"],
+        run_dir=tmp_path,
+    )
+    solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
+               "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
+    sft = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
+    adapter, merged = tmp_path / "sft" / "adapter", tmp_path / "sft" / "output"
+    assert sft.report["steps"] == 2 and sft.report["adapter"] == str(adapter) and sft.report["checkpoint"] == str(merged)
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert is_model_folder(merged) and (merged / "tokenizer.json").is_file() and not (adapter / "merged").exists()
+
+    def tensors(folder: Path) -> dict:
+        out: dict = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            out.update(load_file(f))
+        return out
+
+    base, new = tensors(embedded_model_dir), tensors(merged)
+    assert set(new) == set(base)
+    changed = [k for k in base if base[k].shape == new[k].shape and (base[k] != new[k]).any()]
+    assert changed and all(k.endswith("proj.weight") for k in changed), changed[:5]

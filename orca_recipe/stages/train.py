@@ -19,7 +19,8 @@ from orca_recipe.errors import UserError
 from orca_recipe.stages.base import Row, StageContext, StageResult
 from orca_recipe.stages.preferences import student_prompt
 from orca_recipe.store import atomic_write_text, write_jsonl
-from orca_recipe.train.config import DEEPSPEED_FILE
+from orca_recipe.llm.hardware import gpu_count
+from orca_recipe.train.config import DEEPSPEED_FILE, without_gpu
 from orca_recipe.train.deepspeed import write_deepspeed_config
 from orca_recipe.train.launch import is_model_folder, latest_checkpoint, run_axolotl
 
@@ -101,6 +102,8 @@ async def run(ctx: StageContext) -> StageResult:
         raise UserError(f"{ctx.stage.name}: no training rows (every problem was rejected or failed upstream); see the previous stages' rejects.jsonl")
     if cfg.get("rl") == "kto":
         cfg.update(kto_weights(ctx.inputs[ctx.stage.inputs[0]], cfg))
+    if gpu_count() == 0:
+        cfg.update(without_gpu(cfg))
     output = Path(cfg["output_dir"])
     model_dir = out_dir / "output"  # == output without an adapter
     resumed = latest_checkpoint(output)

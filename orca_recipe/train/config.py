@@ -26,6 +26,20 @@ def output_dir(stage_dir: Path, overrides: dict[str, Any]) -> Path:
     return stage_dir / ("adapter" if overrides.get("adapter") else "output")
 
 
+# Axolotl 0.19 switches these on for every LoRA unless set; they are Triton kernels that only
+# run on CUDA ("Torch not compiled with CUDA enabled" on a CPU) and compute the same result.
+LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
+
+def without_gpu(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keys a machine without a GPU needs on top of `cfg`: the LoRA kernels off, unless the
+    recipe set them. Applied when the stage runs, not in the plan: they change speed, not
+    the trained model, so the fingerprint stays the same on either machine."""
+    if not cfg.get("adapter"):
+        return {}
+    return {k: False for k in LORA_KERNELS if cfg.get(k) is None}
+
+
 def scale_keys(stage_dir: Path, overrides: dict[str, Any], distributed: "Distributed | None") -> dict[str, Any]:
     """Axolotl keys for an adapter and for sharded training; the recipe's own keys still win."""
     cfg: dict[str, Any] = {}
