@@ -18,10 +18,43 @@ from orca_recipe.train.launch import is_model_folder
 pytestmark = pytest.mark.axolotl
 
 
-@pytest.mark.parametrize("recipe", ["recipes/tiny.yaml", "examples/tiny_dpo.yaml", "recipes/orca_math.yaml", "examples/orca_math_dpo.yaml"])
+@pytest.mark.parametrize("recipe", ["recipes/tiny.yaml", "examples/tiny_dpo.yaml", "recipes/orca_math.yaml", "examples/orca_math_dpo.yaml",
+                                    "recipes/orca_math_7b_multi_gpu.yaml"])
 def test_rendered_configs_pass_axolotl_schema(recipe):
     plan = compile_file(REPO / recipe)
     assert check_plan(plan) == sum(1 for s in plan.stages if s.trainer_config)
+
+
+SCALE_VARIANTS = {
+    "deepspeed_zero2": ["training.distributed.deepspeed=zero2"],
+    "deepspeed_zero3_offload": ["training.launcher.kind=accelerate", "training.launcher.num_processes=2", "training.distributed.deepspeed=zero3_offload"],
+    "fsdp2": ["training.launcher.kind=torchrun", "training.launcher.num_processes=2",
+              "training.distributed.fsdp={transformer_layer_cls_to_wrap: LlamaDecoderLayer, offload_params: true, reshard_after_forward: true}"],
+    "fsdp1_size_wrap": ["training.distributed.fsdp={version: 1, auto_wrap_policy: SIZE_BASED_WRAP, min_num_params: 100000}"],
+    "lora": ["training.sft.axolotl.adapter=lora", "training.preference.axolotl.adapter=lora",
+             "training.preference.axolotl.lora_target_modules=[q_proj, v_proj]"],
+    "qlora_zero3": ["training.sft.axolotl.adapter=qlora", "training.distributed.deepspeed=zero3"],
+    "dpo_lora_fsdp": ["preferences.kind=dpo", "training.preference.axolotl.adapter=lora", "training.distributed.fsdp={}"],
+}
+
+
+def test_scale_variants_pass_axolotl_schema(tmp_path):
+    """DeepSpeed, FSDP, LoRA and QLoRA renderings, checked by Axolotl 0.19's own validator on a
+    CPU (with the DeepSpeed file written where the stage writes it)."""
+    from orca_recipe.recipe.schema import Launcher
+    from orca_recipe.train.check import check_configs
+    from orca_recipe.train.deepspeed import write_deepspeed_config
+
+    configs = {}
+    for name, sets in SCALE_VARIANTS.items():
+        plan = compile_file(REPO / "recipes" / "tiny.yaml", sets, run_dir=tmp_path / name)
+        for s in plan.stages:
+            if s.trainer_config:
+                if "deepspeed" in s.trainer_config:
+                    write_deepspeed_config(plan.recipe.training.distributed.deepspeed, Path(s.trainer_config["deepspeed"]))
+                configs[f"{name}:{s.name}"] = s.trainer_config
+    assert len(configs) == 2 * len(SCALE_VARIANTS)
+    assert check_configs(configs, Launcher()) == {name: None for name in configs}
 
 
 def test_axolotl_schema_errors_name_the_recipe_key():
