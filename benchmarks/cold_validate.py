@@ -35,7 +35,7 @@ def main() -> None:
     times = []
     for _ in range(args.runs):
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "orca_recipe.cli", "validate", args.recipe], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "orca_recipe.cli", "validate", args.recipe, "--gpus", "8"], capture_output=True, text=True)
         times.append(time.perf_counter() - t)
         if proc.returncode != 0:
             sys.exit(f"validate failed: {proc.stderr}")

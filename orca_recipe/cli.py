@@ -30,11 +30,15 @@ def validate(
     recipe: Path = RecipeArg,
     set_: list[str] = SetOpt,
     check_axolotl: bool = typer.Option(False, "--check-axolotl", help="Also check the rendered Axolotl configs with Axolotl's schema (slow: imports Axolotl)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="Check for a machine with this many GPUs per node (default: this machine's)."),
 ) -> None:
-    """Check a recipe (schema, references, prompt templates); exit 0 if valid, 2 if not."""
+    """Check a recipe (schema, references, prompt templates, the GPUs it needs); exit 0 if valid, 2 if not."""
+    from orca_recipe.llm.hardware import gpu_count
     from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.recipe.machine import check_machine
 
     plan = compile_file(recipe, set_)
+    check_machine(plan.recipe, plan.loaded, gpu_count() if gpus is None else gpus)
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     if check_axolotl:
@@ -55,10 +59,11 @@ def plan(
 ) -> None:
     """Show the stages, call counts, token/cost estimate and example prompts; spends nothing."""
     from orca_recipe.recipe.compile import compile_file
-    from orca_recipe.recipe.plan_view import render_plan, write_trainer_configs
+    from orca_recipe.recipe.plan_view import render_gpu_needs, render_plan, write_trainer_configs
 
     p = compile_file(recipe, set_, run_dir)
     render_plan(out, p, show_prompts=prompts)
+    render_gpu_needs(out, p)
     written = write_trainer_configs(p, out_dir or p.run_dir / "plan")
     for path in written:
         out.print(f"wrote {path}")
@@ -138,10 +143,13 @@ def run(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Request cache file (default RUN_DIR/requests.sqlite)."),
 ) -> None:
     """Run the recipe: skip stages whose fingerprint is unchanged, resume the rest from the cache."""
+    from orca_recipe.llm.hardware import gpu_count
     from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.recipe.machine import check_machine
     from orca_recipe.runner import Runner
 
     p = compile_file(recipe, set_, run_dir)
+    check_machine(p.recipe, p.loaded, gpu_count())
     for w in p.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     outcomes = Runner(p, console=out, cache_path=cache).run(until=until, only=only)

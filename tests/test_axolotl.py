@@ -18,10 +18,43 @@ from orca_recipe.train.launch import is_model_folder
 pytestmark = pytest.mark.axolotl
 
 
-@pytest.mark.parametrize("recipe", ["recipes/tiny.yaml", "examples/tiny_dpo.yaml", "recipes/orca_math.yaml", "examples/orca_math_dpo.yaml"])
+@pytest.mark.parametrize("recipe", ["recipes/tiny.yaml", "examples/tiny_dpo.yaml", "recipes/orca_math.yaml", "examples/orca_math_dpo.yaml",
+                                    "recipes/orca_math_7b_multi_gpu.yaml"])
 def test_rendered_configs_pass_axolotl_schema(recipe):
     plan = compile_file(REPO / recipe)
     assert check_plan(plan) == sum(1 for s in plan.stages if s.trainer_config)
+
+
+SCALE_VARIANTS = {
+    "deepspeed_zero2": ["training.distributed.deepspeed=zero2"],
+    "deepspeed_zero3_offload": ["training.launcher.kind=accelerate", "training.launcher.num_processes=2", "training.distributed.deepspeed=zero3_offload"],
+    "fsdp2": ["training.launcher.kind=torchrun", "training.launcher.num_processes=2",
+              "training.distributed.fsdp={transformer_layer_cls_to_wrap: LlamaDecoderLayer, offload_params: true, reshard_after_forward: true}"],
+    "fsdp1_size_wrap": ["training.distributed.fsdp={version: 1, auto_wrap_policy: SIZE_BASED_WRAP, min_num_params: 100000}"],
+    "lora": ["training.sft.axolotl.adapter=lora", "training.preference.axolotl.adapter=lora",
+             "training.preference.axolotl.lora_target_modules=[q_proj, v_proj]"],
+    "qlora_zero3": ["training.sft.axolotl.adapter=qlora", "training.distributed.deepspeed=zero3"],
+    "dpo_lora_fsdp": ["preferences.kind=dpo", "training.preference.axolotl.adapter=lora", "training.distributed.fsdp={}"],
+}
+
+
+def test_scale_variants_pass_axolotl_schema(tmp_path):
+    """DeepSpeed, FSDP, LoRA and QLoRA renderings, checked by Axolotl 0.19's own validator on a
+    CPU (with the DeepSpeed file written where the stage writes it)."""
+    from orca_recipe.recipe.schema import Launcher
+    from orca_recipe.train.check import check_configs
+    from orca_recipe.train.deepspeed import write_deepspeed_config
+
+    configs = {}
+    for name, sets in SCALE_VARIANTS.items():
+        plan = compile_file(REPO / "recipes" / "tiny.yaml", sets, run_dir=tmp_path / name)
+        for s in plan.stages:
+            if s.trainer_config:
+                if "deepspeed" in s.trainer_config:
+                    write_deepspeed_config(plan.recipe.training.distributed.deepspeed, Path(s.trainer_config["deepspeed"]))
+                configs[f"{name}:{s.name}"] = s.trainer_config
+    assert len(configs) == 2 * len(SCALE_VARIANTS)
+    assert check_configs(configs, Launcher()) == {name: None for name in configs}
 
 
 def test_axolotl_schema_errors_name_the_recipe_key():
@@ -54,3 +87,35 @@ def test_sft_then_kto_train_for_real(tmp_path, embedded_model_dir):
     write_jsonl(tmp_path / "preferences_2" / "data.jsonl", prefs.rows)
     kto = asyncio.run(train.run(_ctx(plan, "train_2", {"preferences_2": prefs.rows, "sft": []}, tmp_path)))
     assert kto.report["steps"] == 2 and is_model_folder(tmp_path / "train_2" / "output")
+
+
+def test_lora_sft_trains_an_adapter_and_merges_it_for_serving(tmp_path, embedded_model_dir):
+    """adapter: lora trains into sft/adapter and `axolotl merge-lora` leaves a plain model in
+    sft/output, the folder practice and eval serve: config + safetensors, the base's tensor
+    names (no lora_* left), and weights the training changed."""
+    from safetensors.numpy import load_file
+
+    plan = compile_file(
+        REPO / "recipes" / "tiny.yaml",
+        ["training.sft.axolotl.max_steps=2", "training.sft.axolotl.adapter=lora", "training.sft.axolotl.lora_r=8",
+         "training.sft.axolotl.learning_rate=0.001", "training.sft.axolotl.sequence_len=128"],
+        run_dir=tmp_path,
+    )
+    solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
+               "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
+    sft = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
+    adapter, merged = tmp_path / "sft" / "adapter", tmp_path / "sft" / "output"
+    assert sft.report["steps"] == 2 and sft.report["adapter"] == str(adapter) and sft.report["checkpoint"] == str(merged)
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert is_model_folder(merged) and (merged / "tokenizer.json").is_file() and not (adapter / "merged").exists()
+
+    def tensors(folder: Path) -> dict:
+        out: dict = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            out.update(load_file(f))
+        return out
+
+    base, new = tensors(embedded_model_dir), tensors(merged)
+    assert set(new) == set(base)
+    changed = [k for k in base if base[k].shape == new[k].shape and (base[k] != new[k]).any()]
+    assert changed and all(k.endswith("proj.weight") for k in changed), changed[:5]

@@ -70,7 +70,7 @@ def test_fork_writes_minimal_child_that_validates(tmp_path):
         "preferences": {"kind": "dpo"},
         "practice": {"samples_per_problem": 8},
     }
-    assert run_cli("validate", new).returncode == 0
+    assert run_cli("validate", new, "--gpus", "8").returncode == 0  # orca_math asks for 8 GPUs
     # diff shows exactly the overrides (and the name)
     d = run_cli("diff", "recipes/orca_math.yaml", new)
     assert d.returncode == 0

@@ -14,6 +14,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -78,6 +79,25 @@ def choose_dtype(requested: str, *, gpu: bool, cpu: CpuInfo | None = None) -> st
         return "auto"
     cpu = cpu or cpu_info()
     return "bfloat16" if cpu.has_bf16 else "float32"
+
+
+def gpu_count(root: Path = Path("/"), env: Mapping[str, str] | None = None) -> int:
+    """NVIDIA GPUs this process may use, from the driver's files (no CUDA or torch import, so
+    `validate` stays fast): the GPUs the driver lists, capped by CUDA_VISIBLE_DEVICES."""
+    env = os.environ if env is None else env
+    listed = root / "proc" / "driver" / "nvidia" / "gpus"
+    n = len(list(listed.iterdir())) if listed.is_dir() else 0
+    if n == 0:  # containers may have the device files without /proc/driver/nvidia
+        n = sum(1 for p in (root / "dev").glob("nvidia*") if p.name[len("nvidia"):].isdigit())
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = []
+        for v in visible.split(","):
+            if not v.strip() or v.strip().startswith("-"):
+                break  # CUDA stops at the first invalid id ("" or "-1" hide every GPU)
+            ids.append(v)
+        n = min(n, len(ids))
+    return n
 
 
 # --------------------------------------------------------------------------- KV cache sizing

@@ -60,12 +60,16 @@ class ServerPool:
 
 def local_args(local: Any) -> list[str]:
     """vLLM flags a recipe's `local:` block asks for beyond dtype and length (parallelism for
-    GPU machines)."""
+    GPU machines; `validate` refuses it where the GPUs are missing)."""
     args: list[str] = []
     if local.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(local.tensor_parallel_size)]
+    if local.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(local.pipeline_parallel_size)]
     if local.data_parallel_size > 1:
         args += ["--data-parallel-size", str(local.data_parallel_size)]
+    if local.distributed_executor_backend:
+        args += ["--distributed-executor-backend", local.distributed_executor_backend]
     if local.gpu_memory_utilization:
         args += ["--gpu-memory-utilization", str(local.gpu_memory_utilization)]
     return args + list(local.extra_args)

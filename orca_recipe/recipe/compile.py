@@ -19,8 +19,8 @@ from orca_recipe.home import embedded_model_dir
 from orca_recipe.problems import count_problems
 from orca_recipe.prompts import Prompt, check_template, load_prompt
 from orca_recipe.recipe.load import Loaded, load_recipe
-from orca_recipe.recipe.schema import Agent, ModelEndpoint, Recipe
-from orca_recipe.train.config import preference_config, sft_config
+from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Agent, ModelEndpoint, Recipe
+from orca_recipe.train.config import output_dir, preference_config, scale_keys, sft_config
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,21 @@ def _model_identity(m: ModelEndpoint) -> dict[str, Any]:
     return {"model": m.model, "api_base": m.api_base, "sampling": m.sampling.model_dump(exclude_none=True)}
 
 
+def _launcher_identity(tr: Any) -> dict[str, Any]:
+    """The launcher without the per-node addressing: every node of a job has the same fingerprint."""
+    return tr.launcher.model_dump(exclude={"node_rank", "main_process_ip", "main_process_port"})
+
+
+def _distributed_identity(tr: Any) -> dict[str, Any]:
+    """{"distributed": the sharding settings, a DeepSpeed file by its content}, or {} when unset
+    (so a recipe without it keeps its fingerprints)."""
+    ident = tr.distributed.model_dump(exclude_none=True)
+    ds = tr.distributed.deepspeed
+    if ds is not None and ds not in DEEPSPEED_PRESETS:
+        ident["deepspeed"] = content_id(ds)
+    return {"distributed": ident} if ident else {}
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -163,6 +178,9 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
             fail(("training", "student"), f"unknown model '{student}'; models: {', '.join(recipe.models)}")
         if recipe.models[student].local is None:
             fail(("training", "student"), f"the student '{student}' must be a local model folder (`local:`) to be trained")
+        ds = recipe.training.distributed.deepspeed
+        if ds is not None and ds not in DEEPSPEED_PRESETS and not Path(ds).is_file():
+            fail(("training", "distributed", "deepspeed"), f"DeepSpeed config file not found: {ds}")
         for key in (("practice", "agent"), ("eval", "agent")):
             if key in refs and recipe.agents[refs[key][0]].model != student:
                 fail(key, f"agent '{refs[key][0]}' must run on the student model '{student}': {key[0]} samples the trained checkpoints")
@@ -304,12 +322,15 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         base_model = student_model_path(recipe)
         add_eval(None, "base")
         sft_dir = run_dir / "sft"
+        sft_opts = tr.sft.axolotl.options()
         sft_yaml = sft_config(
-            base_model or "", str(sft_dir / "train.jsonl"), str(sft_dir / "output"), str(sft_dir / "prepared"), tr.sft.axolotl.options()
+            base_model or "", str(sft_dir / "train.jsonl"), str(output_dir(sft_dir, sft_opts)), str(sft_dir / "prepared"), sft_opts,
+            scale_keys(sft_dir, sft_opts, tr.distributed),
         )
         add(
             "sft", "sft", ("filter",),
-            {"axolotl": tr.sft.axolotl.options(), "launcher": tr.launcher.model_dump(), "base": _model_identity(recipe.models[tr.student])},
+            {"axolotl": sft_opts, "launcher": _launcher_identity(tr), **_distributed_identity(tr),
+             "base": _model_identity(recipe.models[tr.student])},
             iteration=1, trainer_config=sft_yaml, rows=n_solve,
         )
         last_eval = recipe.eval is not None and recipe.eval.checkpoints == "last"
@@ -334,13 +355,14 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
             prefs = recipe.preferences
             add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs.model_dump(), iteration=it, rows=samples)
             st_dir = run_dir / f"train_{it}"
+            pref_opts = tr.preference.axolotl.options()
             pref_yaml = preference_config(
                 prefs.kind, str(run_dir / model_stage / "output"), str(run_dir / f"preferences_{it}" / "data.jsonl"),
-                str(st_dir / "output"), str(st_dir / "prepared"), tr.preference.axolotl.options(),
+                str(output_dir(st_dir, pref_opts)), str(st_dir / "prepared"), pref_opts, scale_keys(st_dir, pref_opts, tr.distributed),
             )
             add(
                 f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),
-                {"axolotl": tr.preference.axolotl.options(), "kind": prefs.kind, "launcher": tr.launcher.model_dump()},
+                {"axolotl": pref_opts, "kind": prefs.kind, "launcher": _launcher_identity(tr), **_distributed_identity(tr)},
                 iteration=it, trainer_config=pref_yaml,
             )
             model_stage = f"train_{it}"

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from orca_recipe.errors import UserError
 from orca_recipe.mapping import deep_merge
-from orca_recipe.recipe.schema import Recipe
+from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Recipe
 
 Key = tuple[str | int, ...]
 
@@ -31,6 +31,7 @@ PATH_KEYS: tuple[Key, ...] = (
     ("agents", "*", "prompt"),
     ("models", "*", "local", "path"),
     ("training", "launcher", "venv"),
+    ("training", "distributed", "deepspeed"),  # unless a preset name (DEEPSPEED_PRESETS)
 )
 
 
@@ -165,6 +166,8 @@ def set_key(data: dict[str, Any], key: Key, value: Any) -> None:
 def _resolve_paths(data: dict[str, Any], base_dir: Path, pos: dict[Key, str] | None = None) -> None:
     for key in path_keys_in(data):
         value = get_key(data, key)
+        if key == ("training", "distributed", "deepspeed") and value in DEEPSPEED_PRESETS:
+            continue
         if "\x00" in value:
             raise UserError("a path cannot contain a NUL byte", where=(pos or {}).get(key), key=".".join(map(str, key)))
         if not os.path.isabs(value):

@@ -61,6 +61,22 @@ def render_plan(console: Console, plan: Plan, *, show_prompts: bool = True) -> N
             console.print(Panel(text, title=f"{agent} (as {role}) → {r.agents[agent].model}", title_align="left", expand=False), markup=False)
 
 
+def render_gpu_needs(console: Console, plan: Plan) -> None:
+    """One line per key that needs GPUs, and whether this machine has them (`validate` refuses
+    what it lacks; `plan` only shows it, so a GPU recipe can be planned anywhere)."""
+    from orca_recipe.llm.hardware import gpu_count
+    from orca_recipe.recipe.machine import gpu_needs
+
+    needs = gpu_needs(plan.recipe)
+    if not needs:
+        return
+    have = gpu_count()
+    console.print(f"GPUs needed per node (this machine has {have}):")
+    for n in needs:
+        mark = "" if n.gpus <= have else "  [yellow]← not here[/]"
+        console.print(f"  {'.'.join(n.key)}: {n.gpus} · {n.what}{mark}")
+
+
 def write_trainer_configs(plan: Plan, out_dir: Path) -> list[Path]:
     """Write each training stage's rendered Axolotl YAML to `out_dir/STAGE.yaml`."""
     written = []

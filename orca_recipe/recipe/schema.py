@@ -44,8 +44,11 @@ class LocalServe(Strict):
 
     embedded: str | None = Field(None, description="Name of a model shipped with orca-recipe, e.g. smollm2-135m-instruct.")
     path: str | None = Field(None, description="A Hugging Face model folder, relative to the recipe file.")
-    tensor_parallel_size: PositiveInt = 1
-    data_parallel_size: PositiveInt = 1
+    tensor_parallel_size: PositiveInt = Field(1, description="GPUs one replica's layers are split across (vLLM --tensor-parallel-size).")
+    pipeline_parallel_size: PositiveInt = Field(1, description="GPUs one replica's layer stack is cut across (vLLM --pipeline-parallel-size).")
+    data_parallel_size: PositiveInt = Field(1, description="Replicas, each on tensor x pipeline GPUs (vLLM --data-parallel-size).")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="vLLM's worker executor: mp (one machine) or ray (a Ray cluster, GPUs only); default vLLM's choice.")
     max_model_len: PositiveInt | None = Field(None, description="Prompt + reply tokens; default the model's context length.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -57,6 +60,11 @@ class LocalServe(Strict):
         if (self.embedded is None) == (self.path is None):
             raise ValueError("set exactly one of 'embedded' or 'path'")
         return self
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the server takes: every replica spans tensor x pipeline GPUs."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
 
 # Providers whose batch APIs the door speaks (llm/batch.py).
@@ -223,9 +231,15 @@ class AxolotlOptions(BaseModel):
     save_steps: PositiveInt | None = None
     saves_per_epoch: PositiveInt | None = None
     save_total_limit: PositiveInt | None = None
+    adapter: Literal["lora", "qlora"] | None = Field(
+        None, description="Train a LoRA (qlora: over a 4-bit base, CUDA only); merged into the base after training, so the next stages serve a full model.")
     lora_r: PositiveInt | None = None
     lora_alpha: int | float | None = None
     lora_dropout: float | None = Field(None, ge=0, lt=1)
+    lora_target_modules: list[str] | str | None = Field(None, description="Module names (or a regex) to adapt; default lora_target_linear.")
+    lora_target_linear: bool | None = Field(None, description="Adapt every linear layer.")
+    load_in_4bit: bool | None = None
+    load_in_8bit: bool | None = None
     rl_beta: PositiveFloat | None = None
     kto_desirable_weight: PositiveFloat | None = None
     kto_undesirable_weight: PositiveFloat | None = None
@@ -239,6 +253,17 @@ class AxolotlOptions(BaseModel):
             raise ValueError("should be greater than 0")
         return v
 
+    @model_validator(mode="after")
+    def _adapter_keys(self) -> "AxolotlOptions":
+        lora = [k for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear") if getattr(self, k) is not None]
+        if lora and self.adapter is None:
+            raise ValueError(f"{lora[0]} is set but no adapter: add adapter: lora (or qlora), or drop the lora_* keys for full fine-tuning")
+        if self.adapter == "qlora" and (self.load_in_8bit or self.load_in_4bit is False):
+            raise ValueError("adapter qlora loads the base in 4-bit: drop load_in_8bit / load_in_4bit: false, or use adapter: lora")
+        if (self.load_in_4bit or self.load_in_8bit) and self.adapter is None:
+            raise ValueError("load_in_4bit / load_in_8bit train only an adapter: add adapter: qlora (4-bit) or lora (8-bit)")
+        return self
+
     def options(self) -> dict[str, Any]:
         """The keys the recipe set, in its order, as Axolotl reads them."""
         return self.model_dump(exclude_unset=True)
@@ -251,13 +276,74 @@ class Axolotl(Strict):
 
 
 class Launcher(Strict):
-    """How Axolotl is launched; multi-GPU/multi-node go through Axolotl's own launchers."""
+    """How Axolotl is launched: `axolotl train --launcher KIND -- <launcher flags>`, Axolotl's own
+    launchers; multi-process and multi-node flags are rendered for accelerate or torchrun."""
 
-    kind: Literal["python", "accelerate", "torchrun"] = "python"
-    num_processes: PositiveInt = 1
-    num_machines: PositiveInt = 1
-    extra_args: list[str] = Field(default_factory=list)
+    kind: Literal["python", "accelerate", "torchrun"] = Field("python", description="python: one process (CPU or one GPU).")
+    num_processes: PositiveInt = Field(1, description="Training processes per node, one per GPU.")
+    num_nodes: PositiveInt = 1
+    node_rank: NonNegativeInt = Field(0, description="This node's rank, 0 .. num_nodes-1 (set per node, e.g. with --set).")
+    main_process_ip: str | None = Field(None, description="Address of node 0; needed when num_nodes > 1.")
+    main_process_port: int | None = Field(None, ge=1, le=65535)
+    extra_args: list[str] = Field(default_factory=list, description="More launcher flags, passed verbatim after the rendered ones.")
     venv: str | None = Field(None, description="Axolotl's virtual environment; default .venv-axolotl or PATH.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Launcher":
+        if self.kind == "python" and (self.num_processes > 1 or self.num_nodes > 1):
+            raise ValueError("kind python runs one process: use kind accelerate or torchrun for num_processes/num_nodes > 1")
+        if self.node_rank >= self.num_nodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below num_nodes ({self.num_nodes})")
+        if self.num_nodes > 1 and not self.main_process_ip:
+            raise ValueError("num_nodes > 1 needs main_process_ip (the address of node 0)")
+        return self
+
+
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
+
+
+class Fsdp(Strict):
+    """PyTorch FSDP through Axolotl (`fsdp_version` + `fsdp_config`, Axolotl 0.19's keys)."""
+
+    version: Literal[1, 2] = Field(2, description="FSDP2 is what Axolotl recommends.")
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP"] = "TRANSFORMER_BASED_WRAP"
+    transformer_layer_cls_to_wrap: str | None = Field(None, description="e.g. MistralDecoderLayer; default the model's own no-split modules.")
+    min_num_params: PositiveInt | None = Field(None, description="SIZE_BASED_WRAP only.")
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = Field(
+        "FULL_STATE_DICT", description="FULL: the saved model is a plain Hugging Face folder that vLLM serves.")
+    offload_params: bool | None = None
+    cpu_ram_efficient_loading: bool | None = None
+    reshard_after_forward: bool | None = None
+    activation_checkpointing: bool | None = None
+    use_orig_params: bool | None = None
+    sync_module_states: bool | None = None
+
+    @model_validator(mode="after")
+    def _wrap(self) -> "Fsdp":
+        if self.auto_wrap_policy == "SIZE_BASED_WRAP" and self.min_num_params is None:
+            raise ValueError("auto_wrap_policy SIZE_BASED_WRAP needs min_num_params")
+        return self
+
+
+class Distributed(Strict):
+    """Sharded training: DeepSpeed ZeRO or FSDP (one of them), for both SFT and preference stages."""
+
+    deepspeed: str | None = Field(
+        None, description="zero2 | zero3 | zero3_offload (Axolotl's presets, written into the stage folder) or a DeepSpeed JSON file.")
+    fsdp: Fsdp | None = None
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _preset_or_json(cls, v: str | None) -> str | None:
+        if v is not None and v not in DEEPSPEED_PRESETS and not v.endswith(".json"):
+            raise ValueError(f"expected one of {', '.join(DEEPSPEED_PRESETS)} or a DeepSpeed .json file, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> "Distributed":
+        if self.deepspeed is not None and self.fsdp is not None:
+            raise ValueError("set deepspeed or fsdp, not both: they are two ways to shard the same model")
+        return self
 
 
 class Training(Strict):
@@ -267,6 +353,7 @@ class Training(Strict):
     sft: Axolotl = Field(default_factory=Axolotl)
     preference: Axolotl = Field(default_factory=Axolotl)
     launcher: Launcher = Field(default_factory=Launcher)
+    distributed: Distributed = Field(default_factory=Distributed)
 
 
 class Practice(Strict):

@@ -2,7 +2,9 @@
 
 The stage writes its training rows and the rendered Axolotl YAML into its folder, runs
 `axolotl train` (resuming from the newest checkpoint after a crash) and hands the finished
-model folder to the stages downstream.
+model folder to the stages downstream. A LoRA/QLoRA adapter is trained into `adapter/` and
+merged into the base (`axolotl merge-lora`) as `output/`: the next stages serve a plain
+model folder with the same vLLM code as after full fine-tuning.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from orca_recipe.errors import UserError
 from orca_recipe.stages.base import Row, StageContext, StageResult
 from orca_recipe.stages.preferences import student_prompt
 from orca_recipe.store import atomic_write_text, write_jsonl
+from orca_recipe.llm.hardware import gpu_count
+from orca_recipe.train.config import DEEPSPEED_FILE, without_gpu
+from orca_recipe.train.deepspeed import write_deepspeed_config
 from orca_recipe.train.launch import is_model_folder, latest_checkpoint, run_axolotl
 
 
@@ -65,6 +70,20 @@ def drop_resume_checkpoints(output: Path) -> int:
     return freed
 
 
+def merge_adapter(config: Path, adapter_dir: Path, model_dir: Path, launcher, log: Path) -> None:
+    """Merge the trained adapter into its base with Axolotl's own `merge-lora` (written to
+    `adapter/merged`) and move the result to `model_dir`, replacing an older one."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"axolotl finished but {adapter_dir} holds no adapter (adapter_config.json); see {log}")
+    merged = adapter_dir / "merged"
+    shutil.rmtree(merged, ignore_errors=True)
+    run_axolotl(config, launcher, log, merge=True)
+    if not is_model_folder(merged):
+        raise UserError(f"axolotl merge-lora wrote no model to {merged}; see {log}")
+    shutil.rmtree(model_dir, ignore_errors=True)
+    merged.rename(model_dir)
+
+
 async def run(ctx: StageContext) -> StageResult:
     tr = ctx.recipe.training
     assert tr is not None and ctx.stage.trainer_config is not None
@@ -83,8 +102,13 @@ async def run(ctx: StageContext) -> StageResult:
         raise UserError(f"{ctx.stage.name}: no training rows (every problem was rejected or failed upstream); see the previous stages' rejects.jsonl")
     if cfg.get("rl") == "kto":
         cfg.update(kto_weights(ctx.inputs[ctx.stage.inputs[0]], cfg))
+    if gpu_count() == 0:
+        cfg.update(without_gpu(cfg))
     output = Path(cfg["output_dir"])
+    model_dir = out_dir / "output"  # == output without an adapter
     resumed = latest_checkpoint(output)
+    if tr.distributed.deepspeed:
+        write_deepspeed_config(tr.distributed.deepspeed, out_dir / DEEPSPEED_FILE)
     config_path = out_dir / "axolotl.yaml"
     atomic_write_text(config_path, yaml.safe_dump(cfg, sort_keys=False))
 
@@ -98,10 +122,17 @@ async def run(ctx: StageContext) -> StageResult:
 
     t = time.monotonic()
     run_axolotl(config_path, tr.launcher, out_dir / "train.log", on_step)
-    if not is_model_folder(output):
-        raise UserError(f"{ctx.stage.name}: axolotl finished but {output} holds no model; see {out_dir / 'train.log'}")
+    train_seconds = time.monotonic() - t
     freed = drop_resume_checkpoints(output)
-    report = {"checkpoint": str(output), "train_rows": len(rows), "steps": done[0], "train_seconds": round(time.monotonic() - t, 1),
+    merge_seconds = None
+    if cfg.get("adapter"):
+        t = time.monotonic()
+        merge_adapter(config_path, output, model_dir, tr.launcher, out_dir / "train.log")
+        merge_seconds = round(time.monotonic() - t, 1)
+    if not is_model_folder(model_dir):
+        raise UserError(f"{ctx.stage.name}: axolotl finished but {model_dir} holds no model; see {out_dir / 'train.log'}")
+    report = {"checkpoint": str(model_dir), "train_rows": len(rows), "steps": done[0], "train_seconds": round(train_seconds, 1),
+              **({"adapter": str(output), "merge_seconds": merge_seconds} if cfg.get("adapter") else {}),
               "resumed_from": str(resumed) if resumed else None, "resume_checkpoints_removed_bytes": freed,
               **{k: cfg[k] for k in ("kto_desirable_weight", "kto_undesirable_weight") if k in cfg}}
     return StageResult(rows=rows, report=report)

@@ -7,9 +7,55 @@ recipe's to override under `training.sft.axolotl` / `training.preference.axolotl
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orca_recipe.mapping import deep_merge
+
+if TYPE_CHECKING:  # the recipe package imports this one, not the other way round
+    from orca_recipe.recipe.schema import Distributed
+
+DEEPSPEED_FILE = "deepspeed.json"  # written into the stage folder by the training stage
+# LoRA defaults where the recipe sets `adapter` but not these (Axolotl's example configs).
+LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+
+
+def output_dir(stage_dir: Path, overrides: dict[str, Any]) -> Path:
+    """Where Axolotl writes: `output` holds the model the next stages serve; an adapter is
+    trained into `adapter` and merged into `output` afterwards."""
+    return stage_dir / ("adapter" if overrides.get("adapter") else "output")
+
+
+# Axolotl 0.19 switches these on for every LoRA unless set; they are Triton kernels that only
+# run on CUDA ("Torch not compiled with CUDA enabled" on a CPU) and compute the same result.
+LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
+
+def without_gpu(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keys a machine without a GPU needs on top of `cfg`: the LoRA kernels off, unless the
+    recipe set them. Applied when the stage runs, not in the plan: they change speed, not
+    the trained model, so the fingerprint stays the same on either machine."""
+    if not cfg.get("adapter"):
+        return {}
+    return {k: False for k in LORA_KERNELS if cfg.get(k) is None}
+
+
+def scale_keys(stage_dir: Path, overrides: dict[str, Any], distributed: "Distributed | None") -> dict[str, Any]:
+    """Axolotl keys for an adapter and for sharded training; the recipe's own keys still win."""
+    cfg: dict[str, Any] = {}
+    if overrides.get("adapter"):
+        cfg.update(LORA_DEFAULTS)
+        if "lora_target_modules" not in overrides:
+            cfg["lora_target_linear"] = True
+        if overrides["adapter"] == "qlora":
+            cfg["load_in_4bit"] = True
+    if distributed is not None and distributed.deepspeed:
+        cfg["deepspeed"] = str(stage_dir / DEEPSPEED_FILE)
+    if distributed is not None and distributed.fsdp:
+        fsdp = distributed.fsdp.model_dump(exclude_none=True)
+        cfg["fsdp_version"] = fsdp.pop("version")
+        cfg["fsdp_config"] = fsdp
+    return cfg
 
 
 def _common(base_model: str, output_dir: str, prepared_dir: str) -> dict[str, Any]:
@@ -37,8 +83,10 @@ def _common(base_model: str, output_dir: str, prepared_dir: str) -> dict[str, An
     }
 
 
-def sft_config(base_model: str, data_path: str, output_dir: str, prepared_dir: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    cfg = _common(base_model, output_dir, prepared_dir)
+def sft_config(base_model: str, data_path: str, output_dir: str, prepared_dir: str, overrides: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`extra` (from `scale_keys`) goes under the recipe's own keys."""
+    cfg = _common(base_model, output_dir, prepared_dir) | (extra or {})
     cfg.update(
         {
             "datasets": [
@@ -58,9 +106,10 @@ def sft_config(base_model: str, data_path: str, output_dir: str, prepared_dir: s
 
 
 def preference_config(
-    kind: str, base_model: str, data_path: str, output_dir: str, prepared_dir: str, overrides: dict[str, Any]
+    kind: str, base_model: str, data_path: str, output_dir: str, prepared_dir: str, overrides: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    cfg = _common(base_model, output_dir, prepared_dir)
+    cfg = _common(base_model, output_dir, prepared_dir) | (extra or {})
     if kind == "dpo":
         dataset = {
             "path": data_path,

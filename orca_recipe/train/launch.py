@@ -39,17 +39,45 @@ def axolotl_bin(launcher: Launcher) -> Path:
     raise UserError("Axolotl is not installed: run `bash scripts/setup.sh` (it builds .venv-axolotl) or set training.launcher.venv")
 
 
+def launcher_args(launcher: Launcher) -> list[str]:
+    """The flags after `--` that Axolotl hands to `accelerate launch` or `torchrun`.
+
+    `num_processes` counts processes per node; accelerate's `--num_processes` counts them in
+    all, torchrun's `--nproc_per_node` per node.
+    """
+    args: list[str] = []
+    multi_node = launcher.num_nodes > 1
+    if launcher.kind == "accelerate":
+        total = launcher.num_processes * launcher.num_nodes
+        args = ["--num_processes", str(total), "--num_machines", str(launcher.num_nodes)]
+        if multi_node:
+            args += ["--machine_rank", str(launcher.node_rank)]
+        if launcher.main_process_ip:
+            args += ["--main_process_ip", launcher.main_process_ip]
+        if launcher.main_process_port:
+            args += ["--main_process_port", str(launcher.main_process_port)]
+    elif launcher.kind == "torchrun":
+        args = ["--nproc_per_node", str(launcher.num_processes), "--nnodes", str(launcher.num_nodes)]
+        if multi_node:
+            args += ["--node_rank", str(launcher.node_rank)]
+        if launcher.main_process_ip:
+            args += ["--master_addr", launcher.main_process_ip]
+        if launcher.main_process_port:
+            args += ["--master_port", str(launcher.main_process_port)]
+    return args + list(launcher.extra_args)
+
+
 def train_command(config: Path, launcher: Launcher) -> list[str]:
+    """`axolotl train CONFIG --launcher KIND [-- launcher flags]`: Axolotl's own launchers."""
     cmd = [str(axolotl_bin(launcher)), "train", str(config), "--launcher", launcher.kind]
-    if launcher.kind != "python" or launcher.extra_args or launcher.num_processes > 1:
-        extra = list(launcher.extra_args)
-        if launcher.kind == "accelerate":
-            extra = ["--num_processes", str(launcher.num_processes), "--num_machines", str(launcher.num_machines), *extra]
-        elif launcher.kind == "torchrun":
-            extra = ["--nproc_per_node", str(launcher.num_processes), "--nnodes", str(launcher.num_machines), *extra]
-        if extra:
-            cmd += ["--", *extra]
-    return cmd
+    extra = launcher_args(launcher)
+    return cmd + (["--", *extra] if extra else [])
+
+
+def merge_command(config: Path, launcher: Launcher) -> list[str]:
+    """`axolotl merge-lora CONFIG`: the adapter in `output_dir` merged into `base_model`, shard
+    by shard, into `output_dir/merged` (one process; runs on a CPU too)."""
+    return [str(axolotl_bin(launcher)), "merge-lora", str(config)]
 
 
 def train_env(launcher: Launcher) -> dict[str, str]:
@@ -62,10 +90,12 @@ def train_env(launcher: Launcher) -> dict[str, str]:
     return env
 
 
-def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Callable[[int, int], None] | None = None) -> None:
-    """Run training to completion; raise UserError with the log's tail if it fails."""
+def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Callable[[int, int], None] | None = None,
+                merge: bool = False) -> None:
+    """Run training (or, with `merge`, the LoRA merge) to completion; raise UserError with the
+    log's tail if it fails."""
     config = config.resolve()
-    cmd = train_command(config, launcher)
+    cmd = merge_command(config, launcher) if merge else train_command(config, launcher)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(("\n$ " + " ".join(cmd) + "\n").encode())
@@ -99,7 +129,7 @@ def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Calla
             raise
     if rc != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        raise UserError(f"axolotl train failed (exit {rc}); last lines of {log_path}:\n{tail}")
+        raise UserError(f"axolotl {cmd[1]} failed (exit {rc}); last lines of {log_path}:\n{tail}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
