@@ -1,8 +1,8 @@
-"""Before/after for the LLM door's per-call work: orchestration_overhead.py's run, alternated
-between the working tree's orca_recipe and the same package with llm/door.py taken from an
-older commit (default dc291b4, the door before the per-call optimisations).
+"""Before/after for the LLM door: orchestration_overhead.py's run, alternated between the
+working tree's orca_recipe and the whole package as an older commit had it (default bb1a8b4,
+the last door that sent every request through litellm).
 
-Run: .venv/bin/python benchmarks/door_before_after.py [--rev dc291b4] [--seeds 340] [--concurrency 64] [--repeats 3]
+Run: .venv/bin/python benchmarks/door_before_after.py [--rev bb1a8b4] [--seeds 340] [--concurrency 64] [--repeats 3]
 
 Both variants are copies of orca_recipe/ under .cache/bench-door-ab/{before,after}; the CLI
 runs from there (python -m puts that folder first on sys.path). Printed per variant: the
@@ -29,10 +29,12 @@ WORK = _bench.REPO / ".cache" / "bench-door-ab"
 def package(variant: str, rev: str | None) -> Path:
     root = WORK / variant
     shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(_bench.REPO / "orca_recipe", root / "orca_recipe", ignore=shutil.ignore_patterns("__pycache__"))
-    if rev:
-        old = subprocess.run(["git", "show", f"{rev}:orca_recipe/llm/door.py"], cwd=_bench.REPO, capture_output=True, text=True, check=True)
-        (root / "orca_recipe" / "llm" / "door.py").write_text(old.stdout)
+    root.mkdir(parents=True)
+    if rev:  # the package as it was at `rev` (the door is several modules now: take them all)
+        tar = subprocess.run(["git", "archive", rev, "orca_recipe"], cwd=_bench.REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(root)], input=tar.stdout, check=True)
+    else:
+        shutil.copytree(_bench.REPO / "orca_recipe", root / "orca_recipe", ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
 
@@ -47,7 +49,7 @@ def cli_from(cwd: Path):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rev", default="dc291b4", help="commit whose orca_recipe/llm/door.py is 'before'")
+    ap.add_argument("--rev", default="bb1a8b4", help="commit whose orca_recipe/ is 'before'")
     ap.add_argument("--seeds", type=int, default=340)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -68,7 +70,7 @@ def main() -> None:
                       f"CLI CPU {res[name][-1][2]:.2f} ms/request", flush=True)
     for name, rows in res.items():
         med = [statistics.median(x[j] for x in rows) for j in range(3)]
-        print(f"{name} ({'door.py at ' + args.rev if name == 'before' else 'working tree'}): stages {med[0]:.3f}x, "
+        print(f"{name} ({'orca_recipe at ' + args.rev if name == 'before' else 'working tree'}): stages {med[0]:.3f}x, "
               f"endpoint {med[1]:.3f}x, CLI CPU {med[2]:.2f} ms/request (median of {len(rows)})")
     print(f"machine: {_bench.machine()}")
 
