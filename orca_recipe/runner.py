@@ -93,6 +93,7 @@ class Runner:
         self.run_dir = self.plan.run_dir
         self.pool = ServerPool(self.run_dir, self.console)
         self._cache: Any = None
+        self._ids: dict[Path, tuple[tuple[int, int, int], str]] = {}  # data file -> (stat stamp, content id)
 
     # ---- selection -------------------------------------------------------------
     def select(self, until: str | None, only: str | None) -> list[StageRun]:
@@ -118,7 +119,20 @@ class Runner:
     def input_data(self, stage: StageRun) -> dict[str, str]:
         """Content ids of the stage's input datasets: an upstream stage that re-ran and changed
         its rows (say, it got answers that had failed) makes this stage run again."""
-        return {i: content_id(self.run_dir / i / "data.jsonl") for i in stage.inputs}
+        return {i: self._content_id(self.run_dir / i / "data.jsonl") for i in stage.inputs}
+
+    def _content_id(self, path: Path) -> str:
+        """content_id, computed once per version of the file (the run loop asks per remaining
+        stage before every stage: without this, hashing was quadratic in the stages)."""
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return content_id(path)
+        hit = self._ids.get(path)
+        if hit is None or hit[0] != stamp:
+            hit = self._ids[path] = (stamp, content_id(path))
+        return hit[1]
 
     # ---- execution -------------------------------------------------------------
     def run(self, until: str | None = None, only: str | None = None) -> list[StageOutcome]:
