@@ -46,6 +46,7 @@ class Records:
         self.fmt = data_format(self.path, fmt)
         self._offsets: list[tuple[int, int]] = []  # JSONL: (line number, byte offset) of each record
         self._items: list[tuple[int, Any]] = []
+        self._fh = None
         with self._errors():
             if self.fmt == "jsonl":
                 with self.path.open("rb") as f:
@@ -64,10 +65,17 @@ class Records:
         if self.fmt != "jsonl":
             return self._items[i]
         lineno, offset = self._offsets[i]
-        with self._errors(), self.path.open("rb") as f:
-            f.seek(offset)
-            raw = f.readline()
+        with self._errors():
+            if self._fh is None:  # one open file for all the gets (close() ends it)
+                self._fh = self.path.open("rb")
+            self._fh.seek(offset)
+            raw = self._fh.readline()
             return lineno, _parse_jsonl_line(raw.decode("utf-8-sig" if offset == 0 else "utf-8"), self.path, lineno, self.key)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def scan(self) -> Iterator[tuple[int, Any]]:
         if self.fmt != "jsonl":
@@ -198,6 +206,15 @@ def load_problems(path: str, fmt: str, question_field: str, answer_field: str | 
     (by `seed`), restricted to `max_steps` reference steps, then to `limit`. Row ids (`prefix-i`,
     i the record's 0-based position) and order do not change when a bad row is added or fixed."""
     src = Records(path, fmt, key=key)
+    try:
+        return _take(src, path, limit, question_field, answer_field, answer_format, shuffle, seed, prefix, key, max_steps,
+                     need_gold)
+    finally:
+        src.close()
+
+
+def _take(src: Records, path: str, limit: int | None, question_field: str, answer_field: str | None, answer_format: str,
+          shuffle: bool, seed: int, prefix: str, key: str, max_steps: int | None, need_gold: bool) -> Problems:
     if not len(src):
         raise UserError(f"{path} holds no rows", key=key)
     order = list(range(len(src)))
