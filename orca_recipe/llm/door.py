@@ -62,6 +62,7 @@ class LLM:
         self.preflight_timeout_s = preflight_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limits: dict[str, Limits] = {}
+        self._closer = None  # parked async generator that closes the running loop's sessions (_close_with_loop)
         self._fatal: dict[str, EndpointError] = {}
         self._ever_ok: set[str] = set()
         self._ignores_n: set[str] = set()
