@@ -172,9 +172,9 @@ def hub_errors(endpoint: str, token: str, token_env: str) -> Iterator[None]:
     except ValueError as e:  # e.g. the Hub's validate-yaml rejected the card
         raise UserError(f"the Hub at {endpoint} rejected the upload: {clean(str(e))}") from None
     except Exception as e:
-        import httpx
-
-        if isinstance(e, httpx.HTTPError):
+        # The HTTP client's own errors (connection refused, DNS, timeouts): httpx under
+        # huggingface_hub 1.x, httpx2 under 2.x; neither is an OSError.
+        if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
             raise UserError(f"cannot reach the Hub at {endpoint}: {clean(str(e)) or type(e).__name__}") from None
         raise
 
