@@ -403,6 +403,24 @@ def test_from_recipe():
     ep = Endpoint.from_recipe("student", local, api_base="http://127.0.0.1:9/v1",
                               litellm_model="hosted_vllm/smollm2-135m-instruct", identity="local:smollm2@abc")
     assert ep.identity == "local:smollm2@abc" and ep.api_base.endswith(":9/v1")
+    assert ep.native and ep.served_model == "smollm2-135m-instruct"  # our own server: the door's own client
+
+
+def test_from_recipe_picks_the_client_the_price_and_the_servers():
+    hosted = Endpoint.from_recipe("t", ModelEndpoint(model="openai/gpt-4o-mini"))
+    assert not hosted.native and hosted.price == pytest.approx((0.15e-6, 0.6e-6))  # litellm's map, read as JSON
+    vllm = Endpoint.from_recipe("t", ModelEndpoint(model="hosted_vllm/q", api_base="http://a:1/v1",
+                                                   replicas=["http://b:1/v1"]))
+    assert vllm.native and vllm.bases == ("http://a:1/v1", "http://b:1/v1") and vllm.price is None
+    forced = Endpoint.from_recipe("t", ModelEndpoint(model="hosted_vllm/q", api_base="http://a:1/v1", client="litellm"))
+    assert not forced.native
+    other = Endpoint.from_recipe("t", ModelEndpoint(model="anthropic/claude-sonnet-4-5", api_base="http://a:1"))
+    assert not other.native  # not OpenAI's wire format: litellm
+    batch = Endpoint.from_recipe("t", ModelEndpoint(model="openai/gpt-4o-mini", batch=True, batch_poll_s=5))
+    assert batch.batch and batch.batch_poll_s == 5 and batch.batch_price == pytest.approx((0.075e-6, 0.3e-6))
+    priced = Endpoint.from_recipe("t", ModelEndpoint(model="anthropic/x", batch=True,
+                                                     price={"input_per_mtok": 2, "output_per_mtok": 8}))
+    assert priced.batch_price == pytest.approx((1e-6, 4e-6))  # the recipe's price, halved
 
 
 # ---- secrets --------------------------------------------------------------------------------
