@@ -60,6 +60,7 @@ class Job:
     name: str
     provider: str
     requests: dict[str, list[str]]      # custom_id -> the cache keys of its samples
+    endpoint: str = ""                  # the recipe's model key that sent it (its api_base and key poll it)
     batch_id: str | None = None
     file_id: str | None = None
     state: str = "submitting"           # submitting -> submitted -> done
@@ -175,7 +176,8 @@ class BatchClient:
     def _new_job(self, todo: list[Pending]) -> Job:
         ids = sorted(self._custom_id(p) for p in todo)
         name = f"{self.ep.name}-{int(time.time())}-{hashlib.sha256(''.join(ids).encode()).hexdigest()[:10]}"
-        return Job(name=name, provider=self.provider, requests={self._custom_id(p): p.keys for p in todo})
+        return Job(name=name, provider=self.provider, requests={self._custom_id(p): p.keys for p in todo},
+                   endpoint=self.ep.name)
 
     async def _resume_jobs(self) -> None:
         """Jobs a killed run left out there: poll them and keep what they answered (paid once)."""
@@ -183,8 +185,8 @@ class BatchClient:
             return
         for path in sorted(self.jobs_dir.glob(f"{self.ep.name}-*.json")):
             job = Job.load(path)
-            if job is None or job.state != "submitted" and job.state != "submitting" or job.provider != self.provider:
-                continue
+            if job is None or job.state not in ("submitted", "submitting") or job.endpoint != self.ep.name:
+                continue  # done, abandoned, or another model's (whose name merely starts like this one's)
             if job.batch_id is None and job.file_id is None:
                 continue  # killed before anything was sent: nothing to collect, nothing paid
             try:
