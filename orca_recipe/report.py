@@ -209,8 +209,8 @@ def plot(run_dir: Path, evals: list[dict], manifests: list[dict] | None = None) 
     if evals:
         labels = [e["stage"] if e["model"] in e["stage"] else f"{e['stage']}\n({e['model']})" for e in evals]
         p = [100 * e["pass_at_1"] for e in evals]
-        lo = [100 * wilson(e["correct"], e["n"])[0] for e in evals]
-        hi = [100 * wilson(e["correct"], e["n"])[1] for e in evals]
+        cis = [wilson(e["correct"], e["n"]) for e in evals]
+        lo, hi = [100 * c[0] for c in cis], [100 * c[1] for c in cis]
         ax.errorbar(range(len(evals)), p, yerr=[[a - b for a, b in zip(p, lo)], [b - a for a, b in zip(p, hi)]], fmt="o-", capsize=5, color="tab:blue")
         for x, (e, y) in enumerate(zip(evals, p)):
             ax.annotate(f"{y:.1f}% ({e['correct']}/{e['n']})", (x, y), textcoords="offset points", xytext=(8, 0), fontsize=8, va="center")

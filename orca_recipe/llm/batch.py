@@ -29,8 +29,8 @@ from typing import Any, Callable
 from orca_recipe.llm.accounting import split_reply
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
-from orca_recipe.llm.errors import AUTH, FAIL, QUOTA, RETRY, Failure, LLMError, kind_of_status, retry_after, server_words
-from orca_recipe.llm.transport import Reply
+from orca_recipe.llm.errors import AUTH, FAIL, QUOTA, RETRY, Failure, LLMError, http_failure
+from orca_recipe.llm.transport import Reply, read_choices, token_count
 from orca_recipe.store import atomic_write_text
 
 SETTLE_S = 0.5             # a queue that got nothing new for this long is sent
@@ -281,15 +281,14 @@ class BatchClient:
         return errors
 
     def _store_openai(self, keys: list[str], body: dict) -> str | None:
-        choices = body.get("choices")
-        if not isinstance(choices, list) or len(choices) < len(keys):
+        try:
+            texts, reasons = read_choices(body.get("choices"))
+        except Failure as f:
+            return f.reason
+        if len(texts) < len(keys):
             return "the answer has fewer choices than asked for"
-        texts = [((c.get("message") or {}).get("content")) for c in choices[:len(keys)]]
-        if any(not isinstance(t, str) for t in texts):
-            return "a choice has no content (null)"
         usage = body.get("usage") or {}
-        self._store(keys, texts, [c.get("finish_reason") for c in choices], usage.get("prompt_tokens"),
-                    usage.get("completion_tokens"))
+        self._store(keys, texts, reasons, usage.get("prompt_tokens"), usage.get("completion_tokens"))
         return None
 
     # ---- Anthropic ---------------------------------------------------------------------------
@@ -334,8 +333,7 @@ class BatchClient:
     # ---- both ----------------------------------------------------------------------------------
     def _store(self, keys: list[str], texts: list[str], reasons: list, pt: Any, ct: Any) -> None:
         """Answers into the request cache, tokens and batch-priced cost split over the samples."""
-        reply = Reply(texts[:len(keys)], list(reasons[:len(keys)]), pt if isinstance(pt, int) else None,
-                      ct if isinstance(ct, int) else None)
+        reply = Reply(texts[:len(keys)], list(reasons[:len(keys)]), token_count(pt), token_count(ct))
         completions, *_ = split_reply(reply, [], self.ep.batch_price)
         self.cache.put_many((k, {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
                                  "completion_tokens": c.completion_tokens, "cost": c.cost, "batch": True})
@@ -369,9 +367,7 @@ class BatchClient:
                             return out
                         failure = Failure(RETRY, f"{method} {path}: HTTP 200 but not a JSON object")
                     else:
-                        kind = kind_of_status(r.status, body)
-                        failure = Failure(kind, f"{method} {path}: HTTP {r.status}: {server_words(body)}", status=r.status,
-                                          retry_after=retry_after(r.headers) if kind == RETRY else None)
+                        failure = http_failure(r.status, body, r.headers, f"{method} {path}: ")
             except asyncio.TimeoutError:
                 failure = Failure(RETRY, f"{method} {path}: no reply within timeout_s={self.ep.timeout_s:g} s")
             except (aiohttp.ClientError, OSError) as e:

@@ -70,6 +70,13 @@ def kind_of_status(status: int, body: str = "") -> str:
     return RETRY  # 1xx/3xx: nothing a chat completion should answer with; try again
 
 
+def http_failure(status: int, body: str, headers: Mapping[str, str] | None, where: str = "") -> Failure:
+    """A non-200 answer as a `Failure`: its kind by status, the server's words, its Retry-After."""
+    kind = kind_of_status(status, body)
+    return Failure(kind, f"{where}HTTP {status}: {server_words(body)}", status=status,
+                   retry_after=retry_after(headers) if kind == RETRY else None)
+
+
 def retry_after(headers: Mapping[str, str] | None) -> float | None:
     """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds, or an HTTP date)."""
     if not headers:

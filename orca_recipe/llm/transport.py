@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orca_recipe.llm.endpoint import Endpoint
-from orca_recipe.llm.errors import AUTH, CONFIG, FAIL, NOTFOUND, QUOTA, RETRY, Failure, kind_of_status, retry_after, server_words
+from orca_recipe.llm.errors import (AUTH, CONFIG, FAIL, NOTFOUND, QUOTA, RETRY, Failure, http_failure, kind_of_status,
+                                    retry_after, server_words)
 
 
 REPLICA_REST_S = 5.0  # a replica that refused a connection gets no requests for this long (if others are up)
@@ -54,7 +55,8 @@ def read_choices(choices: Any) -> tuple[list[str], list[str | None]]:
     return texts, reasons
 
 
-def _int_or_none(v: Any) -> int | None:
+def token_count(v: Any) -> int | None:
+    """A usage count as the server sent it; None when it sent none (or not a number)."""
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -112,7 +114,7 @@ class OpenAICompatible:
             self.in_flight[i] -= 1
         if status != 200:
             text = raw[:4096].decode("utf-8", "replace")
-            raise self._status_failure(status, text, hdrs)
+            raise http_failure(status, text, hdrs)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -121,12 +123,7 @@ class OpenAICompatible:
             raise Failure(RETRY, "HTTP 200 but the body is not a JSON object")
         texts, reasons = read_choices(data.get("choices"))
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        return Reply(texts, reasons, _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens")))
-
-    def _status_failure(self, status: int, text: str, headers) -> Failure:
-        kind = kind_of_status(status, text)
-        return Failure(kind, f"HTTP {status}: {server_words(text)}", status=status,
-                      retry_after=retry_after(headers) if kind == RETRY else None)
+        return Reply(texts, reasons, token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens")))
 
     async def aclose(self) -> None:
         await self.session.close()
@@ -171,8 +168,8 @@ class LiteLLM:
             data = resp.model_dump() if hasattr(resp, "model_dump") else dict(resp)
             texts, reasons = read_choices(data.get("choices"))
             usage = data.get("usage") or {}
-            return Reply(texts, reasons, _int_or_none(usage.get("prompt_tokens")),
-                         _int_or_none(usage.get("completion_tokens")))
+            return Reply(texts, reasons, token_count(usage.get("prompt_tokens")),
+                         token_count(usage.get("completion_tokens")))
         raise failure
 
     async def aclose(self) -> None:
