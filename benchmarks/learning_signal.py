@@ -1,17 +1,24 @@
 """Does the embedded loop make its student better? Reproduces the README's table.
 
-Run: .venv/bin/python benchmarks/learning_signal.py [--set key=value ...] [--until STAGE] [--runs DIR]
+Run: .venv/bin/python benchmarks/learning_signal.py [--split dev|test] [--set key=value ...] [--until STAGE] [--runs DIR]
 
 Runs `orca-recipe run recipes/tiny.yaml` (the main job) with the given overrides into a run
-folder named after them (under --runs, default runs/learning-signal), all sharing one request
-cache, so a sweep point re-pays only what its overrides change (the base model's eval is
-answered once). Then prints, beside the CPU it ran on: pass@1 per checkpoint with its 95%
-Wilson interval, and every consecutive pair's paired difference (95% Tango interval) and
-exact McNemar p, from `orca-recipe report --format json`.
+folder named after them and the split (under --runs, default runs/learning-signal), all
+sharing one request cache, so a sweep point re-pays only what its overrides change. Then
+prints, beside the CPU it ran on: pass@1 per checkpoint with its 95% Wilson interval, and the
+planned comparisons (base -> SFT, SFT -> each iteration, base -> last) with their paired
+difference (95% Tango interval), one-sided exact McNemar p and Holm-adjusted p, from
+`orca-recipe report --format json`.
+
+`--split dev` (the default) scores on data/gsm8k/dev.jsonl: 440 one- and two-step GSM8K
+*train* problems that recipes/tiny.yaml holds out of its seeds (`seeds.holdout`). Every
+tuning decision is made there. `--split test` scores the shipped recipe once on the 440 test
+problems; it starts from a copy of the same point's dev folder (its trained models included,
+the eval stages left out), so only the three evaluations run again.
 
 A sweep is a few calls, e.g.
   ... learning_signal.py --until eval_sft --set training.sft.axolotl.learning_rate=5.0e-5
-  ... learning_signal.py --until eval_sft --set seeds.limit=768
+  ... learning_signal.py --split test
 What was swept, and what came out, is in benchmarks/learning_signal.md.
 """
 
@@ -21,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -45,15 +53,22 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--until", default=None, help="stop after this stage (e.g. eval_sft for an SFT sweep point)")
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "learning-signal")
+    ap.add_argument("--split", choices=["dev", "test"], default="dev", help="dev: tune here; test: the shipped recipe, once")
     args = ap.parse_args()
-    run_dir = run_dir_for(args.runs, args.overrides)
+    point = run_dir_for(args.runs, args.overrides)
+    run_dir = point / args.split
+    overrides = list(args.overrides)
+    if args.split == "dev":
+        overrides.append(f"eval.path={REPO / 'data' / 'gsm8k' / 'dev.jsonl'}")
+    elif not run_dir.exists() and (point / "dev").is_dir():  # the same trained models, scored on test
+        shutil.copytree(point / "dev", run_dir, ignore=lambda d, names: [n for n in names if n.startswith("eval_")] if Path(d) == point / "dev" else [])
     cmd = [*CLI, "run", str(REPO / "recipes" / "tiny.yaml"), "--run-dir", str(run_dir), "--cache", str(args.runs / "requests.sqlite")]
-    for o in args.overrides:
+    for o in overrides:
         cmd += ["--set", o]
     if args.until:
         cmd += ["--until", args.until]
     print(f"CPU: {cpu_info().describe()}")
-    print(f"overrides: {args.overrides or '(none: recipes/tiny.yaml as shipped)'} -> {run_dir}", flush=True)
+    print(f"split: {args.split}; overrides: {args.overrides or '(none: recipes/tiny.yaml as shipped)'} -> {run_dir}", flush=True)
     t = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, env=ENV)
     wall = time.monotonic() - t
@@ -65,13 +80,13 @@ def main() -> None:
     for c in report["checkpoints"]:
         lo, hi = c["ci95"]
         print(f"  {c['stage']:10s} {c['model']:8s} n={c['n']:4d}  {c['pass_at_1']:6.1%}  [{lo:.1%}, {hi:.1%}]  truncated={c.get('truncated')}")
-    consecutive = {(a["stage"], b["stage"]) for a, b in zip(report["checkpoints"], report["checkpoints"][1:])}
-    base = report["checkpoints"][0]["stage"] if report["checkpoints"] else None
-    print("paired (same problems):")
+    print("planned comparisons (same problems; one-sided exact McNemar, Holm over the planned family):")
     for p in report["pairs"]:
-        if (p["a"], p["b"]) in consecutive or p["a"] == base:
+        if p["planned"]:
             lo, hi = p["ci95"]
-            print(f"  {p['b']} - {p['a']}: {p['diff']:+.1%} [{lo:+.1%}, {hi:+.1%}]  only_a={p['only_a']} only_b={p['only_b']}  McNemar p={p['mcnemar_p']:.4f}")
+            u = p["untruncated"]
+            print(f"  {p['b']} - {p['a']}: {p['diff']:+.1%} [{lo:+.1%}, {hi:+.1%}]  only_a={p['only_a']} only_b={p['only_b']}  "
+                  f"p={p['one_sided_p']:.4f} Holm p={p['p_holm']:.4f}; untruncated n={u['n']}: {u['only_a']}/{u['only_b']} Holm p={u['p_holm']:.4f}")
 
 
 if __name__ == "__main__":

@@ -173,11 +173,12 @@ class Problems:
     records: int = 0        # in the file
     read: int = 0           # looked at: kept + rejected + outside_steps
     outside_steps: int = 0  # usable rows left out by max_solution_steps
+    held_out: int = 0       # usable rows left out because a held-out file (a dev split) has them
 
     def report(self) -> dict[str, Any]:
         return {"records": self.records, "read": self.read, "kept": len(self.rows), "rejected": len(self.rejects),
                 "rejected_by_reason": dict(Counter(r["reason"].split(":")[0] for r in self.rejects)),
-                "outside_max_solution_steps": self.outside_steps, "not_read": self.records - self.read}
+                "outside_max_solution_steps": self.outside_steps, "held_out": self.held_out, "not_read": self.records - self.read}
 
 
 def _check(rec: Any, question_field: str, answer_field: str | None, answer_format: str, need_gold: bool) -> tuple[Row | None, str | None]:
@@ -200,21 +201,36 @@ def _check(rec: Any, question_field: str, answer_field: str | None, answer_forma
     return {"question": question, "answer": answer, "gold": gold}, None
 
 
+def question_key(question: str) -> str:
+    """A question as the held-out check compares it: case and spacing do not make a new problem."""
+    return " ".join(question.split()).casefold()
+
+
+def held_out_questions(path: str | None, *, key: str) -> frozenset[str]:
+    """The questions (as `question_key`) of a held-out problem file; empty without one."""
+    if path is None:
+        return frozenset()
+    return frozenset(question_key(q) for _, rec in Records(path, "auto", key=key).scan()
+                     if isinstance(rec, dict) and isinstance(q := rec.get("question"), str))
+
+
 def load_problems(path: str, fmt: str, question_field: str, answer_field: str | None, answer_format: str, *, limit: int | None,
-                  shuffle: bool, seed: int, prefix: str, key: str, max_steps: int | None = None, need_gold: bool = False) -> Problems:
+                  shuffle: bool, seed: int, prefix: str, key: str, max_steps: int | None = None, need_gold: bool = False,
+                  held_out: frozenset[str] = frozenset()) -> Problems:
     """Rows `{id, question, answer, gold, source_index, source_line}` of a problem file, shuffled
     (by `seed`), restricted to `max_steps` reference steps, then to `limit`. Row ids (`prefix-i`,
     i the record's 0-based position) and order do not change when a bad row is added or fixed."""
     src = Records(path, fmt, key=key)
     try:
         return _take(src, path, limit, question_field, answer_field, answer_format, shuffle, seed, prefix, key, max_steps,
-                     need_gold)
+                     need_gold, held_out)
     finally:
         src.close()
 
 
 def _take(src: Records, path: str, limit: int | None, question_field: str, answer_field: str | None, answer_format: str,
-          shuffle: bool, seed: int, prefix: str, key: str, max_steps: int | None, need_gold: bool) -> Problems:
+          shuffle: bool, seed: int, prefix: str, key: str, max_steps: int | None, need_gold: bool,
+          held_out: frozenset[str] = frozenset()) -> Problems:
     if not len(src):
         raise UserError(f"{path} holds no rows", key=key)
     order = list(range(len(src)))
@@ -233,6 +249,8 @@ def _take(src: Records, path: str, limit: int | None, question_field: str, answe
             out.rejects.append({"id": f"{prefix}-{i}", "source_index": i, "source_line": line, "reason": f"{reason} ({path}:{line})"})
         elif max_steps is not None and answer_field and solution_steps(ok["answer"], answer_format) > max_steps:
             out.outside_steps += 1
+        elif held_out and question_key(ok["question"]) in held_out:
+            out.held_out += 1
         else:
             out.rows.append({"id": f"{prefix}-{i}", **ok, "source_index": i, "source_line": line})
     if not out.rows:
@@ -249,7 +267,7 @@ def _take(src: Records, path: str, limit: int | None, question_field: str, answe
 
 
 def count_problems(path: str, fmt: str, question_field: str, answer_field: str | None, answer_format: str,
-                   max_steps: int | None, *, key: str, need_gold: bool = False) -> int | None:
+                   max_steps: int | None, *, key: str, need_gold: bool = False, held_out: frozenset[str] = frozenset()) -> int | None:
     """Usable rows within `max_steps` (for `plan`'s call counts), None while the file is missing.
     One pass in file order, nothing kept; a malformed file fails here, at `validate`, with the
     same file:line as at `run`."""
@@ -258,9 +276,10 @@ def count_problems(path: str, fmt: str, question_field: str, answer_field: str |
     n = 0
     for _, rec in Records(path, fmt, key=key).scan():
         ok, _ = _check(rec, question_field, answer_field, answer_format, need_gold)
-        if ok is not None and not (max_steps is not None and answer_field and solution_steps(ok["answer"], answer_format) > max_steps):
+        if ok is not None and not (max_steps is not None and answer_field and solution_steps(ok["answer"], answer_format) > max_steps) \
+                and not (held_out and question_key(ok["question"]) in held_out):
             n += 1
     if n == 0:
         load_problems(path, fmt, question_field, answer_field, answer_format, limit=None, shuffle=False, seed=0,
-                      prefix="count", key=key, max_steps=max_steps, need_gold=need_gold)  # raises the precise error
+                      prefix="count", key=key, max_steps=max_steps, need_gold=need_gold, held_out=held_out)  # raises the precise error
     return n

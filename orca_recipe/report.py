@@ -7,7 +7,7 @@ from itertools import combinations
 from pathlib import Path
 
 from orca_recipe.errors import UserError
-from orca_recipe.stats import mcnemar_exact, paired_difference, wilson
+from orca_recipe.stats import holm, mcnemar_exact, mcnemar_one_sided, paired_difference, wilson
 from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest
 
 
@@ -35,10 +35,12 @@ def _outcomes(run_dir: Path, stage: str) -> dict | None:
         return None
     rows = read_jsonl(path)
     has_finish = any("finish_reason" in r for r in rows)
+    cut = {str(r["id"]) for r in rows if r.get("finish_reason") == "length"}
     return {
         "seen": {str(r["id"]) for r in rows},
         "right": {str(r["id"]) for r in rows if r.get("correct") is True},
-        "truncated": sum(r.get("finish_reason") == "length" for r in rows) if has_finish else None,
+        "cut": cut,
+        "truncated": len(cut) if has_finish else None,
     }
 
 
@@ -51,6 +53,22 @@ def checkpoints(run_dir: Path, evals: list[dict] | None = None) -> list[dict]:
         lo, hi = wilson(e["correct"], e["n"])
         out.append({"stage": e["stage"], "model": e["model"], "n": e["n"], "correct": e["correct"], "pass_at_1": e["pass_at_1"],
                     "ci95": [lo, hi], "truncated": o["truncated"] if o else None})
+    return out
+
+
+def planned(evals: list[dict]) -> list[tuple[str, str]]:
+    """The comparisons a run is for, fixed before any result is seen: base -> SFT, SFT -> each
+    later iteration, base -> the last checkpoint. Every other pair is exploratory."""
+    by_model = {e["model"]: e["stage"] for e in evals}
+    names = [e["stage"] for e in evals]
+    base, sft = by_model.get("base"), by_model.get("sft")
+    out: list[tuple[str, str]] = []
+    if base and sft:
+        out.append((base, sft))
+    if sft:
+        out += [(sft, b) for b in names[names.index(sft) + 1:]]
+    if base and names[-1] != base and (base, names[-1]) not in out:
+        out.append((base, names[-1]))
     return out
 
 
@@ -69,14 +87,20 @@ def pair_order(names: list[str], base: str | None) -> list[tuple[str, str, str]]
 
 
 def compare(ea: dict, eb: dict, oa: dict, ob: dict) -> dict:
-    """One pair on the same problems: an id missing from a stage's rows (a failed request) counts as wrong there."""
+    """One pair on the same problems: an id missing from a stage's rows (a failed request) counts as wrong there.
+
+    `untruncated` repeats the test on the problems neither side's reply was cut off on, so a
+    gain that is only "answers within the token budget" shows as none there."""
     n = ea["n"]
     both, only_a, only_b = len(oa["right"] & ob["right"]), len(oa["right"] - ob["right"]), len(ob["right"] - oa["right"])
     diff, lo, hi = paired_difference(only_a, only_b, n)
+    cut = oa["cut"] | ob["cut"]
+    ua, ub = len(oa["right"] - ob["right"] - cut), len(ob["right"] - oa["right"] - cut)
     return {"a": ea["stage"], "b": eb["stage"], "model_a": ea["model"], "model_b": eb["model"], "n": n,
             "pass_at_1_a": (both + only_a) / n if n else 0.0, "pass_at_1_b": (both + only_b) / n if n else 0.0,
             "both": both, "only_a": only_a, "only_b": only_b, "neither": n - both - only_a - only_b,
-            "diff": diff, "ci95": [lo, hi], "mcnemar_p": mcnemar_exact(only_a, only_b)}
+            "diff": diff, "ci95": [lo, hi], "mcnemar_p": mcnemar_exact(only_a, only_b), "one_sided_p": mcnemar_one_sided(only_a, only_b),
+            "untruncated": {"n": n - len(cut), "only_a": ua, "only_b": ub, "one_sided_p": mcnemar_one_sided(ua, ub)}}
 
 
 def _skip_reason(ea: dict, eb: dict, oa: dict | None, ob: dict | None) -> str | None:
@@ -95,19 +119,31 @@ def paired(run_dir: Path, evals: list[dict] | None = None) -> dict:
 
     Paired, because a checkpoint's own Wilson interval includes problem-to-problem variation
     that both checkpoints share; only the problems one solves and the other misses tell
-    them apart (McNemar exact p, Tango interval for the difference).
+    them apart (McNemar exact p, Tango interval for the difference). The planned pairs are
+    tested one-sided (B better than A) and Holm-adjusted as one family; the exploratory
+    rest two-sided and Holm-adjusted as another, so reading many pairs does not manufacture
+    a p < 0.05.
     """
     evals = collect(run_dir)[0] if evals is None else evals
     by_name = {e["stage"]: e for e in evals}
     outcomes = {e["stage"]: _outcomes(run_dir, e["stage"]) for e in evals}
     base = next((e["stage"] for e in evals if e["model"] == "base"), evals[0]["stage"] if evals else None)
+    plan = planned(evals)
     pairs, skipped = [], []
     for a, b, rel in pair_order(list(by_name), base):
         reason = _skip_reason(by_name[a], by_name[b], outcomes[a], outcomes[b])
         if reason:
             skipped.append({"a": a, "b": b, "reason": reason})
         else:
-            pairs.append({**compare(by_name[a], by_name[b], outcomes[a], outcomes[b]), "relation": rel})
+            pairs.append({**compare(by_name[a], by_name[b], outcomes[a], outcomes[b]), "relation": rel, "planned": (a, b) in plan})
+    for is_planned, raw in ((True, "one_sided_p"), (False, "mcnemar_p")):
+        family = [q for q in pairs if q["planned"] is is_planned]
+        for q, adj in zip(family, holm([q[raw] for q in family])):
+            q["p_holm"] = adj
+        untruncated = [q for q in family if is_planned]
+        for q, adj in zip(untruncated, holm([q["untruncated"]["one_sided_p"] for q in untruncated])):
+            q["untruncated"]["p_holm"] = adj
+    pairs.sort(key=lambda q: not q["planned"])
     return {"pairs": pairs, "skipped": skipped}
 
 
@@ -137,16 +173,23 @@ def paired_lines(pairs: dict) -> list[str]:
     """The "Paired comparisons" section of report.md."""
     lines = ["## Paired comparisons", "",
              "Same problems, checkpoint B vs A: only A / only B count the problems one side solved and the other missed; "
-             "B − A is the difference in pass@1 in percentage points with a 95% Tango score interval; p is McNemar's exact test. "
-             "Read a change as real only when its interval excludes 0 and p < 0.05; otherwise it is within noise.", "",
-             "| A | B | n | pass@1 A | pass@1 B | only A | only B | B − A (pp) | 95% CI (pp) | McNemar p |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "B − A is the difference in pass@1 in percentage points with a 95% Tango score interval. "
+             "**Planned** pairs (base → SFT, SFT → each iteration, base → last; fixed before any result) are tested one-sided "
+             "(B better than A, exact McNemar) and Holm-adjusted as one family; the other pairs are exploratory: two-sided, "
+             "Holm-adjusted as another family. Read a change as real only when its Holm p < 0.05. "
+             "'untruncated' repeats the planned test on the problems neither reply was cut off on (only A / only B there, Holm p).", "",
+             "| A → B | n | only A / B | B − A (pp) | 95% CI (pp) | p | Holm p | untruncated |",
+             "|---|---:|---:|---:|---|---:|---:|---|"]
     for q in pairs["pairs"]:
         lo, hi = q["ci95"]
-        lines.append(f"| {q['a']} | {q['b']} | {q['n']} | {q['pass_at_1_a']:.1%} | {q['pass_at_1_b']:.1%} | {q['only_a']} | {q['only_b']} | "
-                     f"{_pp(q['diff'])} | {_pp(lo)} – {_pp(hi)} | {_p(q['mcnemar_p'])} |")
+        kind = "planned, one-sided" if q["planned"] else "exploratory"
+        raw = q["one_sided_p"] if q["planned"] else q["mcnemar_p"]
+        u = q["untruncated"]
+        unt = f"n={u['n']}, {u['only_a']} / {u['only_b']}, p={_p(u['p_holm'])}" if q["planned"] else ""
+        lines.append(f"| {q['a']} → {q['b']} ({kind}) | {q['n']} | {q['only_a']} / {q['only_b']} | "
+                     f"{_pp(q['diff'])} | {_pp(lo)} – {_pp(hi)} | {_p(raw)} | {_p(q['p_holm'])} | {unt} |")
     if not pairs["pairs"]:
-        lines.append("| (fewer than two comparable eval stages) | | | | | | | | | |")
+        lines.append("| (fewer than two comparable eval stages) | | | | | | | |")
     lines += [f"- {s['a']} vs {s['b']} not compared: {s['reason']}" for s in pairs["skipped"]]
     return lines + [""]
 

@@ -326,14 +326,18 @@ class Runner:
         if dc is None:
             return []
         path = dc.path or (recipe.eval.path if recipe.eval else None)
+        held_out = []
+        if recipe.seeds.holdout:  # the dev split: no generated problem may share an n-gram with it either
+            held_out = [r["question"] for r in load_problems(recipe.seeds.holdout, "auto", "question", None, "plain", limit=None, shuffle=False,
+                                                             seed=0, prefix="holdout", key="seeds.holdout").rows]
         if path is None:
-            return []
+            return held_out
         ev = recipe.eval
         rows = load_problems(
             path, "auto", ev.question_field if ev else "question", ev.answer_field if ev else None, ev.answer_format if ev else "plain",
             limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
         ).rows
-        return [r["question"] for r in rows]
+        return [r["question"] for r in rows] + held_out
 
 
 def next_llm_stage(todo: list[StageRun]) -> list[StageRun]:

@@ -38,6 +38,34 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2**m)))
 
 
+def mcnemar_one_sided(b: int, c: int) -> float:
+    """One-sided exact McNemar p for "B is better than A": P(X >= c), X ~ Bin(b + c, 1/2).
+
+    The planned comparisons of a run (base -> SFT, SFT -> each iteration, base -> last) each
+    ask one direction, so each is tested one-sided; `holm` then adjusts the family.
+    """
+    _check_counts(b, c)
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, k) for k in range(c, m + 1))
+    return float(Fraction(tail, 2**m))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment (1979): controls the family-wise error rate at any alpha
+    for any dependence between the tests, and is uniformly more powerful than Bonferroni.
+    Returns the adjusted p-values in the input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def paired_difference(b: int, c: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
     """(diff, lo, hi): pB - pA = (c - b) / n for paired proportions, with Tango's score interval.
 

@@ -26,7 +26,7 @@ def project(root: Path, local_model: bool = False) -> Path:
     for part in ("recipes", "prompts"):
         shutil.copytree(REPO / part, root / part)
     (root / "data" / "gsm8k").mkdir(parents=True)
-    for name in ("train.jsonl", "test.jsonl"):
+    for name in ("train.jsonl", "test.jsonl", "dev.jsonl"):
         (root / "data" / "gsm8k" / name).write_text("".join((REPO / "data" / "gsm8k" / name).open().readlines()[:400]))
     if local_model:
         recipe = yaml.safe_load((root / "recipes" / "tiny.yaml").read_text())

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from _cli import run_cli
 
-from orca_recipe.report import as_json, markdown, paired
-from orca_recipe.stats import mcnemar_exact, paired_difference, wilson
+from orca_recipe.report import as_json, markdown, paired, planned
+from orca_recipe.stats import holm, mcnemar_exact, mcnemar_one_sided, paired_difference, wilson
 
 Z = 1.96
 
@@ -199,6 +199,32 @@ def test_paired_counts_and_p_values(tmp_path):
     q = got["eval_base", "eval_2"]
     assert (q["only_a"], q["only_b"]) == (3, 14) and q["pass_at_1_b"] == 21 / 40
     assert q["mcnemar_p"] == pytest.approx(2 * (1 + 17 + 136 + 680) / 2**17)
+    # all three are planned: one-sided (B better), Holm over the family of three
+    assert all(q["planned"] for q in result["pairs"])
+    one = {k: v["one_sided_p"] for k, v in got.items()}
+    assert one[("eval_base", "eval_sft")] == pytest.approx(106 / 2**14) and one[("eval_sft", "eval_2")] == pytest.approx(0.5)
+    assert one[("eval_base", "eval_2")] == pytest.approx(834 / 2**17)
+    assert got["eval_base", "eval_2"]["p_holm"] == pytest.approx(3 * 834 / 2**17)
+    assert got["eval_base", "eval_sft"]["p_holm"] == pytest.approx(3 * 834 / 2**17)  # step-down keeps Holm monotone
+    assert got["eval_sft", "eval_2"]["p_holm"] == pytest.approx(0.5)
+    # eval_2 cut three replies off (ids 30-32, all wrong there): the untruncated test leaves them out
+    assert got["eval_sft", "eval_2"]["untruncated"]["n"] == 37
+
+
+def test_holm_and_one_sided_mcnemar():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([]) == [] and holm([0.9]) == [0.9] and holm([0.6, 0.7]) == [1.0, 1.0]
+    assert mcnemar_one_sided(0, 0) == 1.0 and mcnemar_one_sided(0, 5) == pytest.approx(1 / 32)
+    assert mcnemar_one_sided(5, 0) == 1.0  # B worse: no evidence that B is better
+    for b, c in ((3, 9), (11, 25), (16, 17)):
+        assert mcnemar_one_sided(b, c) + mcnemar_one_sided(c, b) == pytest.approx(1 + math.comb(b + c, c) / 2 ** (b + c))
+
+
+def test_planned_comparisons_follow_the_pipeline():
+    ev = [{"stage": "eval_base", "model": "base"}, {"stage": "eval_sft", "model": "sft"},
+          {"stage": "eval_2", "model": "train_2"}, {"stage": "eval_3", "model": "train_3"}]
+    assert planned(ev) == [("eval_base", "eval_sft"), ("eval_sft", "eval_2"), ("eval_sft", "eval_3"), ("eval_base", "eval_3")]
+    assert planned(ev[:1]) == [] and planned([ev[0], ev[3]]) == [("eval_base", "eval_3")]
 
 
 def test_pair_with_a_different_eval_set_is_skipped(tmp_path):
@@ -220,9 +246,12 @@ def test_markdown_has_paired_table(tmp_path):
     assert "| eval_base | base | 40 | 10 | 25.0% |" in md
     assert "| eval_2 | train_2 | 40 | 21 | 52.5% |" in md and md.split("| eval_2 | train_2 |")[1].split("\n")[0].endswith("| 3 |")
     assert md.split("| eval_sft | sft |")[1].split("\n")[0].endswith("| – |")  # no finish_reason recorded
-    row = next(line for line in md.splitlines() if line.startswith("| eval_base | eval_sft |"))
-    assert row.startswith("| eval_base | eval_sft | 40 | 25.0% | 50.0% | 2 | 12 | +25.0 |") and row.endswith("| 0.0129 |")
-    assert next(line for line in md.splitlines() if line.startswith("| eval_sft | eval_2 |")).endswith("| 1.00 |")
+    row = next(line for line in md.splitlines() if line.startswith("| eval_base → eval_sft "))
+    # planned, one-sided: P(X >= 12 | 14, 1/2) = 106/16384; Holm over the three planned pairs
+    assert row.startswith("| eval_base → eval_sft (planned, one-sided) | 40 | 2 / 12 | +25.0 |")
+    assert "| 0.0065 | 0.0191 |" in row and "n=40, 2 / 12" in row  # no finish_reason in eval_sft / eval_base: nothing cut
+    row = next(line for line in md.splitlines() if line.startswith("| eval_sft → eval_2 "))
+    assert "n=37" in row  # the three replies eval_2 cut off are left out of the untruncated test
     assert "| seeds | 1 |" in md and "Total stage time" in md
 
 

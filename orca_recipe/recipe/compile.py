@@ -16,7 +16,7 @@ from typing import Any
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.home import embedded_model_dir
-from orca_recipe.problems import count_problems
+from orca_recipe.problems import count_problems, held_out_questions
 from orca_recipe.prompts import Prompt, check_template, load_prompt
 from orca_recipe.recipe.load import Loaded, load_recipe
 from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Agent, ModelEndpoint, Recipe
@@ -94,8 +94,18 @@ def _model_identity(m: ModelEndpoint) -> dict[str, Any]:
 
 
 def _launcher_identity(tr: Any) -> dict[str, Any]:
-    """The launcher without the per-node addressing: every node of a job has the same fingerprint."""
-    return tr.launcher.model_dump(exclude={"node_rank", "main_process_ip", "main_process_port"})
+    """What of the launcher can change a trained model: how many processes share the global
+    batch. Not how they are started (`kind`, `extra_args`, `venv`) nor per-node addressing:
+    changing those must not throw a trained model away, and every node has one fingerprint."""
+    return tr.launcher.model_dump(include={"num_processes", "num_nodes"})
+
+
+def student_agent(recipe: Recipe) -> str | None:
+    """The agent whose prompt SFT trains under: the one evaluation scores with (else practice's),
+    so the student is trained on the very user turn it is measured on."""
+    if recipe.eval is not None:
+        return recipe.eval.agent
+    return recipe.practice.agent if recipe.practice and recipe.iterations > 1 else None
 
 
 def _distributed_identity(tr: Any) -> dict[str, Any]:
@@ -230,6 +240,12 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     base = loaded.files[0].parent if loaded.files else Path.cwd()
     warnings: list[str] = []
 
+    def prompt_identity(name: str | None) -> dict[str, Any]:
+        """A training stage's student turn: which agent, its template and system prompt."""
+        if not name:
+            return {"student_agent": None}
+        return {"student_agent": name, "student_prompt": prompts[name].source, "student_system": recipe.agents[name].system}
+
     def agent_identity(name: str | None) -> Any:
         if not name:
             return None
@@ -261,11 +277,12 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     # Seeds ------------------------------------------------------------------
     seeds = recipe.seeds
     file_rows = count_problems(seeds.path, seeds.format, seeds.question_field, seeds.answer_field, seeds.answer_format,
-                               seeds.max_solution_steps, key="seeds.path")
+                               seeds.max_solution_steps, key="seeds.path", held_out=held_out_questions(seeds.holdout, key="seeds.holdout"))
     if not Path(seeds.path).exists():
         warnings.append(f"seeds.path {seeds.path} does not exist yet; `run` will need it")
     seed_rows = _limited(file_rows, seeds.limit)
-    seed_cfg = seeds.model_dump(exclude={"path"}) | {"data": content_id(seeds.path)}  # content, not location
+    holdout = {"holdout_data": content_id(seeds.holdout)} if seeds.holdout else {}  # content, not location
+    seed_cfg = seeds.model_dump(exclude={"path", "holdout"}) | {"data": content_id(seeds.path)} | holdout
     add("seeds", "seeds", (), seed_cfg, rows=seed_rows)
 
     # Generation ---------------------------------------------------------------
@@ -298,6 +315,7 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         contam = recipe.filters.decontaminate.path or (recipe.eval.path if recipe.eval else None)
         filt_cfg["decontaminate"].pop("path")  # identified by content below
         filt_cfg["decontaminate_data"] = content_id(contam) if contam else None
+        filt_cfg |= holdout  # generated problems are checked against the held-out split too
     add("filter", "filter", ("solve",), filt_cfg, rows=n_solve)
 
     # Training and iterations --------------------------------------------------
@@ -330,7 +348,7 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         add(
             "sft", "sft", ("filter",),
             {"axolotl": sft_opts, "launcher": _launcher_identity(tr), **_distributed_identity(tr),
-             "base": _model_identity(recipe.models[tr.student])},
+             "base": _model_identity(recipe.models[tr.student]), **prompt_identity(student_agent(recipe))},
             iteration=1, trainer_config=sft_yaml, rows=n_solve,
         )
         last_eval = recipe.eval is not None and recipe.eval.checkpoints == "last"
@@ -353,7 +371,8 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
                 iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples,
             )
             prefs = recipe.preferences
-            add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs.model_dump(), iteration=it, rows=samples)
+            add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs.model_dump() | prompt_identity(pr.agent),
+                iteration=it, rows=samples)
             st_dir = run_dir / f"train_{it}"
             pref_opts = tr.preference.axolotl.options()
             pref_yaml = preference_config(

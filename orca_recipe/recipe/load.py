@@ -26,6 +26,7 @@ Key = tuple[str | int, ...]
 # Keys whose values are file paths, resolved against the file (or cwd for --set) that set them.
 PATH_KEYS: tuple[Key, ...] = (
     ("seeds", "path"),
+    ("seeds", "holdout"),
     ("eval", "path"),
     ("filters", "decontaminate", "path"),
     ("agents", "*", "prompt"),

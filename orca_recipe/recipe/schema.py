@@ -145,6 +145,9 @@ class Seeds(Strict):
     max_solution_steps: PositiveInt | None = Field(
         None, description="Keep only problems whose reference solution has at most this many steps (GSM8K: <<calc>> annotations; else non-empty lines)."
     )
+    holdout: str | None = Field(
+        None, description="A problem file held out from training (a dev split): its questions are never seeds, and the filter drops "
+                          "generated problems sharing an n-gram with them.")
 
 
 class AskMeAnything(Strict):
@@ -389,6 +392,9 @@ class Eval(Strict):
     max_solution_steps: PositiveInt | None = Field(None, description="Evaluate only problems with at most this many reference steps.")
     agent: str
     max_tokens: PositiveInt = 512
+    truncated: Literal["wrong", "scored"] = Field(
+        "wrong", description="A reply cut off at max_tokens: 'wrong' (one rule for every checkpoint: the budget is part of the task) "
+                             "or 'scored' (its final answer, if one was stated before the cut, is checked).")
     checkpoints: Literal["all", "last"] = "all"
 
 

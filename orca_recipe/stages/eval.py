@@ -25,9 +25,10 @@ async def run(ctx: StageContext) -> StageResult:
         finally:
             ctx.advance(1)
         ans, how = extract_final(comp.text)
-        ok = equivalent(ans, p["gold"]) is True
+        cut = comp.finish_reason == "length"
+        ok = equivalent(ans, p["gold"]) is True and not (cut and ev.truncated == "wrong")
         return {"id": p["id"], "question": p["question"], "gold": p["gold"], "response": comp.text.strip(), "answer": ans, "answer_extraction": how, "correct": ok,
-                "finish_reason": comp.finish_reason}, None  # "length": truncated at max_tokens, counted in the report
+                "finish_reason": comp.finish_reason}, None  # "length": truncated at max_tokens (eval.truncated's rule), counted in the report
 
     rows, failures = collect(await map_bounded(problems, one, ctx.extra.get("parallel", 16)))
     n = len(problems)  # a failed request counts as wrong: pass@1 is over the whole eval set

@@ -12,10 +12,16 @@ from collections import defaultdict
 from orca_recipe.stages.base import Row, StageContext, StageResult
 
 
+def student_messages(ctx: StageContext, question: str) -> list[dict[str, str]]:
+    """The exact turns the student sees (system prompt included), so training matches practice
+    and eval; the agent is the one the compiler put into this stage's fingerprint."""
+    agent = ctx.stage.config.get("student_agent")
+    return ctx.messages(agent, problem=question) if agent else [{"role": "user", "content": question}]
+
+
 def student_prompt(ctx: StageContext, question: str) -> str:
-    """The exact user turn the student sees, so training matches practice and eval."""
-    agent = ctx.recipe.practice.agent if ctx.recipe.practice else None
-    return ctx.prompt(agent).render(problem=question) if agent and agent in ctx.plan.prompts else question
+    """The user turn of `student_messages`."""
+    return student_messages(ctx, question)[-1]["content"]
 
 
 class ChatFormat:

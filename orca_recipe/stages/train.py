@@ -17,7 +17,7 @@ import yaml
 
 from orca_recipe.errors import UserError
 from orca_recipe.stages.base import Row, StageContext, StageResult
-from orca_recipe.stages.preferences import student_prompt
+from orca_recipe.stages.preferences import student_messages
 from orca_recipe.store import atomic_write_text, write_jsonl
 from orca_recipe.llm.hardware import gpu_count
 from orca_recipe.train.config import DEEPSPEED_FILE, without_gpu
@@ -27,7 +27,7 @@ from orca_recipe.train.launch import is_model_folder, latest_checkpoint, run_axo
 
 def sft_rows(ctx: StageContext, solved: list[Row]) -> list[Row]:
     return [
-        {"id": r["id"], "messages": [{"role": "user", "content": student_prompt(ctx, r["question"])}, {"role": "assistant", "content": r["solution"]}]}
+        {"id": r["id"], "messages": [*student_messages(ctx, r["question"]), {"role": "assistant", "content": r["solution"]}]}
         for r in solved
     ]
 
