@@ -31,6 +31,7 @@ def validate(
     set_: list[str] = SetOpt,
     check_axolotl: bool = typer.Option(False, "--check-axolotl", help="Also check the rendered Axolotl configs with Axolotl's schema (slow: imports Axolotl)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="Check for a machine with this many GPUs per node (default: this machine's)."),
+    ready: bool = typer.Option(False, "--ready", help="Also check that this machine can run it now: key variables set, model folders present, an install that can use its GPUs (what `run` checks first)."),
 ) -> None:
     """Check a recipe (schema, references, prompt templates, the GPUs it needs); exit 0 if valid, 2 if not."""
     from orca_recipe.llm.hardware import gpu_count
@@ -39,6 +40,10 @@ def validate(
 
     plan = compile_file(recipe, set_)
     check_machine(plan.recipe, plan.loaded, gpu_count() if gpus is None else gpus)
+    if ready:
+        from orca_recipe.recipe.ready import check_ready
+
+        check_ready(plan.recipe, plan.loaded, {a for s in plan.stages for a in s.agents}, gpu_count())
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     if check_axolotl:
@@ -148,8 +153,11 @@ def run(
     from orca_recipe.recipe.machine import check_machine
     from orca_recipe.runner import Runner
 
+    from orca_recipe.recipe.ready import check_ready
+
     p = compile_file(recipe, set_, run_dir)
     check_machine(p.recipe, p.loaded, gpu_count())
+    check_ready(p.recipe, p.loaded, {a for s in p.stages for a in s.agents}, gpu_count())  # before anything is paid
     for w in p.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     outcomes = Runner(p, console=out, cache_path=cache).run(until=until, only=only)

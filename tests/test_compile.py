@@ -23,8 +23,15 @@ def test_every_shipped_recipe_validates(path):
     assert proc.stdout.startswith("ok ")
 
 
-def test_orca_math_call_counts_by_hand():
-    plan = compile_file(REPO / "recipes" / "orca_math.yaml")
+def paper_mix(tmp_path) -> list[str]:
+    """Overrides that bring the paper's 36,217-seed mix as a file (the shipped recipe starts from GSM8K train)."""
+    mix = tmp_path / "orca_math_seeds.jsonl"
+    mix.write_text("".join(json.dumps({"question": f"problem {i}", "answer": str(i)}) + "\n" for i in range(36_217)))
+    return [f"seeds.path={mix}", "seeds.answer_format=plain", "seeds.holdout=null"]
+
+
+def test_orca_math_call_counts_by_hand(tmp_path):
+    plan = compile_file(REPO / "recipes" / "orca_math.yaml", paper_mix(tmp_path))
     calls = {s.name: s.calls for s in plan.stages}
     seeds = 36_217  # paper's seed set
     ama = seeds * 1  # one Ask-Me-Anything call per seed
@@ -50,7 +57,8 @@ def test_orca_math_call_counts_by_hand():
 
 
 def test_plan_cli_shows_counts_and_writes_axolotl_yaml(tmp_path):
-    proc = run_cli("plan", "recipes/orca_math.yaml", "--out", tmp_path)
+    sets = [a for o in paper_mix(tmp_path) for a in ("--set", o)]
+    proc = run_cli("plan", "recipes/orca_math.yaml", "--out", tmp_path, *sets)
     assert proc.returncode == 0, proc.stderr
     assert "3,264,806 LLM calls" in proc.stdout
     assert "724,340" in proc.stdout and "Final Verdict" in proc.stdout  # judge example prompt

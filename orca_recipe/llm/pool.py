@@ -41,12 +41,24 @@ class ServerPool:
             log = self.run_dir / "logs" / f"vllm-{key}.log"
             self.console.print(f"[dim]starting vLLM for {served_name} ({folder}); log: {log}[/]")
             t = time.monotonic()
-            server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=local_args(local),
+            server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=self.template_args(key, local) + local_args(local),
                                 dtype=local.dtype, max_model_len=local.max_model_len)
             self.servers[key] = server  # registered first, so a failed start is still stopped
             server.start()
             self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s (dtype {server.dtype})[/]")
         return self.servers[key].api_base
+
+    def template_args(self, key: str, local: Any) -> list[str]:
+        """`--chat-template FILE` for a model whose recipe names a template (written beside the logs)."""
+        if local.chat_template is None:
+            return []
+        from orca_recipe.chat_template import template_text
+        from orca_recipe.store import atomic_write_text
+
+        path = self.run_dir / "logs" / f"chat_template-{key}.jinja"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, template_text(local.chat_template, key=f"models.{key}.local.chat_template"))
+        return ["--chat-template", str(path)]
 
     def stop(self, key: str) -> None:
         server = self.servers.pop(key, None)

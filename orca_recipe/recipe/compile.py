@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orca_recipe.chat_template import KNOWN as KNOWN_TEMPLATES
+from orca_recipe.chat_template import folder_has_template, template_text
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.home import embedded_model_dir
@@ -85,11 +87,19 @@ def portable(obj: Any, base: Path) -> Any:
     return obj
 
 
+def chat_template_of(m: ModelEndpoint) -> str | None:
+    """The chat template a recipe names for a local model (its text), or None: the tokenizer's own."""
+    if m.local is None or m.local.chat_template is None:
+        return None
+    return template_text(m.local.chat_template, key="chat_template")
+
+
 def _model_identity(m: ModelEndpoint) -> dict[str, Any]:
     """What decides a model's outputs (not its rate limits, concurrency or price)."""
     if m.local is not None:
         source = {"embedded": m.local.embedded} if m.local.embedded else {"weights": content_id(m.local.path)}
-        return source | {"dtype": m.local.dtype, "sampling": m.sampling.model_dump(exclude_none=True)}
+        template = {"chat_template": chat_template_of(m)} if m.local.chat_template else {}  # none set: fingerprints unchanged
+        return source | template | {"dtype": m.local.dtype, "sampling": m.sampling.model_dump(exclude_none=True)}
     return {"model": m.model, "api_base": m.api_base, "sampling": m.sampling.model_dump(exclude_none=True)}
 
 
@@ -150,6 +160,18 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
     for name, agent in recipe.agents.items():
         if agent.model not in recipe.models:
             fail(("agents", name, "model"), f"unknown model '{agent.model}'; models: {', '.join(recipe.models)}")
+    for name, m in recipe.models.items():
+        local = m.local
+        if local is None:
+            continue
+        if local.chat_template is not None:
+            key = ("models", name, "local", "chat_template")
+            template_text(local.chat_template, key=".".join(key), where=loaded.where(key))
+        elif local.path and Path(local.path).is_dir() and not folder_has_template(Path(local.path)):
+            fail(("models", name, "local", "path"),
+                 f"the model folder {local.path} has no chat template (its tokenizer_config.json has no 'chat_template', and there is no "
+                 f"chat_template.jinja): vLLM would refuse every chat request. A base model needs one: set "
+                 f"models.{name}.local.chat_template to {' or '.join(repr(k) for k in KNOWN_TEMPLATES)} or a Jinja file")
 
     refs = agent_roles(recipe)
     for key, (agent_name, _role) in refs.items():
@@ -338,12 +360,17 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     if recipe.training is not None:
         tr = recipe.training
         base_model = student_model_path(recipe)
+        student_template = chat_template_of(recipe.models[tr.student])
+        chat_keys = {"chat_template": "jinja", "chat_template_jinja": student_template} if student_template else {}
+        for name, m in recipe.models.items():
+            if m.local is not None and m.local.path and not Path(m.local.path).exists():
+                warnings.append(f"models.{name}.local.path {m.local.path} does not exist yet; `run` will need it")
         add_eval(None, "base")
         sft_dir = run_dir / "sft"
         sft_opts = tr.sft.axolotl.options()
         sft_yaml = sft_config(
             base_model or "", str(sft_dir / "train.jsonl"), str(output_dir(sft_dir, sft_opts)), str(sft_dir / "prepared"), sft_opts,
-            scale_keys(sft_dir, sft_opts, tr.distributed),
+            scale_keys(sft_dir, sft_opts, tr.distributed) | chat_keys,
         )
         add(
             "sft", "sft", ("filter",),
@@ -371,13 +398,14 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
                 iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples,
             )
             prefs = recipe.preferences
-            add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs.model_dump() | prompt_identity(pr.agent),
+            add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs.model_dump() | prompt_identity(pr.agent)
+                | ({"chat_template": student_template} if student_template else {}),
                 iteration=it, rows=samples)
             st_dir = run_dir / f"train_{it}"
             pref_opts = tr.preference.axolotl.options()
             pref_yaml = preference_config(
                 prefs.kind, str(run_dir / model_stage / "output"), str(run_dir / f"preferences_{it}" / "data.jsonl"),
-                str(output_dir(st_dir, pref_opts)), str(st_dir / "prepared"), pref_opts, scale_keys(st_dir, pref_opts, tr.distributed),
+                str(output_dir(st_dir, pref_opts)), str(st_dir / "prepared"), pref_opts, scale_keys(st_dir, pref_opts, tr.distributed) | chat_keys,
             )
             add(
                 f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from orca_recipe.chat_template import KNOWN as KNOWN_TEMPLATES
 from orca_recipe.errors import UserError
 from orca_recipe.mapping import deep_merge
 from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Recipe
@@ -31,6 +32,7 @@ PATH_KEYS: tuple[Key, ...] = (
     ("filters", "decontaminate", "path"),
     ("agents", "*", "prompt"),
     ("models", "*", "local", "path"),
+    ("models", "*", "local", "chat_template"),  # unless a known name (chat_template.KNOWN)
     ("training", "launcher", "venv"),
     ("training", "distributed", "deepspeed"),  # unless a preset name (DEEPSPEED_PRESETS)
 )
@@ -168,6 +170,8 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path, pos: dict[Key, str] | N
     for key in path_keys_in(data):
         value = get_key(data, key)
         if key == ("training", "distributed", "deepspeed") and value in DEEPSPEED_PRESETS:
+            continue
+        if key[-1] == "chat_template" and value in KNOWN_TEMPLATES:
             continue
         if "\x00" in value:
             raise UserError("a path cannot contain a NUL byte", where=(pos or {}).get(key), key=".".join(map(str, key)))

@@ -59,11 +59,17 @@ def gpu_needs(recipe: Recipe) -> list[Need]:
 
 
 def check_machine(recipe: Recipe, loaded: Loaded, gpus: int) -> None:
-    """Raise a UserError at the first need this machine (`gpus` per node) cannot meet."""
-    for need in gpu_needs(recipe):
-        if need.gpus > gpus:
-            have = "no GPU (none found)" if gpus == 0 else f"{gpus} GPU{'s' if gpus != 1 else ''}"
-            raise UserError(
-                f"{need.what}: needs {need.gpus} GPU{'s' if need.gpus != 1 else ''} per node, this machine has {have}. "
-                f"Run it on a GPU machine; `validate --gpus {need.gpus}` checks it for one from here.",
-                where=loaded.where(need.key), key=dotted(need.key))
+    """Raise one UserError naming every need this machine (`gpus` per node) cannot meet, so
+    a user fixes them in one go instead of meeting them one at a time."""
+    unmet = [need for need in gpu_needs(recipe) if need.gpus > gpus]
+    if not unmet:
+        return
+    have = "no GPU (none found)" if gpus == 0 else f"{gpus} GPU{'s' if gpus != 1 else ''}"
+    most = max(n.gpus for n in unmet)
+    errors = [UserError(f"{n.what}: needs {n.gpus} GPU{'s' if n.gpus != 1 else ''} per node, this machine has {have}.",
+                        where=loaded.where(n.key), key=dotted(n.key)) for n in unmet]
+    hint = f" Run it on a GPU machine; `validate --gpus {most}` checks it for one from here."
+    if len(errors) == 1:
+        e = errors[0]
+        raise UserError(e.args[0] + hint, where=e.where, key=e.key)
+    raise UserError(f"{len(errors)} GPU needs this machine cannot meet:\n  " + "\n  ".join(map(str, errors)) + "\n" + hint.strip())

@@ -28,10 +28,12 @@ class ChatFormat:
     """The student's own chat template, so KTO trains on the very text SFT, serving and eval
     use (system prompt and end-of-turn tokens included)."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, template: str | None = None):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if template is not None:  # the recipe's chat_template, as vLLM and Axolotl use it
+            self.tokenizer.chat_template = template
 
     def prompt(self, user: str) -> str:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
@@ -116,7 +118,7 @@ async def run(ctx: StageContext) -> StageResult:
 
     if cfg.kind == "kto":
         rows = kto_rows(groups, teacher, prompt_of, max_per_problem=cfg.max_per_problem, teacher_fallback=cfg.teacher_fallback,
-                        drop_all_correct=cfg.drop_all_correct, fmt=ChatFormat(student_folder(ctx)))
+                        drop_all_correct=cfg.drop_all_correct, fmt=ChatFormat(student_folder(ctx), ctx.stage.config.get("chat_template")))
         report = {"kind": "kto", "rows": len(rows), "desirable": sum(r["label"] for r in rows), "undesirable": sum(not r["label"] for r in rows),
                   "teacher_rows": sum(r["source"] == "teacher" for r in rows)}
     else:
