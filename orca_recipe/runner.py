@@ -148,7 +148,7 @@ class Runner:
             try:
                 for i, stage in enumerate(stages):
                     todo = [s for s in stages[i:] if not self.is_done(s)]
-                    self.release_servers(next_llm_stage(todo) if self.pool.on_cpu else todo)
+                    self.release_servers(next_llm_stage(todo) if self.pool.on_cpu else until_training(todo))
                     outcomes.append(self.run_stage(stage))
                 if any(s.kind == "eval" for s in stages):
                     from orca_recipe.report import write_report
@@ -274,7 +274,7 @@ class Runner:
             identity = f"local:{content_id(folder)}:{self.pool.servers[server_key].dtype}"
             endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
             endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
-                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(self.plan.recipe, ctx.stage, agent)))
+                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(self.plan.recipe, ctx.stage, agent, gpu=not self.pool.on_cpu)))
         ctx.llm = LLM(endpoints, self._cache, batch_dir=self.run_dir / "batches")
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel
@@ -338,6 +338,17 @@ class Runner:
             limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
         ).rows
         return [r["question"] for r in rows] + held_out
+
+
+def until_training(todo: list[StageRun]) -> list[StageRun]:
+    """The stages before the next training stage: what a GPU machine keeps its servers for (a
+    trainer needs the GPUs an engine holds; the engine starts again after it)."""
+    out = []
+    for stage in todo:
+        if stage.kind in ("sft", "train_preference"):
+            break
+        out.append(stage)
+    return out
 
 
 def next_llm_stage(todo: list[StageRun]) -> list[StageRun]:

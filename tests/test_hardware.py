@@ -106,12 +106,18 @@ def test_a_local_request_may_take_as_long_as_the_work_in_flight():
     """On a slow CPU a request still being generated is waited for, not abandoned and re-sent:
     its timeout is everything the stage can have in flight at 10 tok/s, plus a minute."""
     from orca_recipe.recipe.compile import compile_file
-    from orca_recipe.llm.pool import LOCAL_FLOOR_TOK_S, local_timeout
+    from orca_recipe.llm.pool import GPU_FLOOR_TOK_S, LOCAL_FLOOR_TOK_S, LOCAL_TIMEOUT_CAP_S, local_timeout
 
     root = Path(__file__).resolve().parents[1]
     plan = compile_file(root / "recipes" / "tiny.yaml")
     r = plan.recipe
     practice = plan.stage("practice_2")
     expected = 60 + r.models["smol"].concurrency * r.practice.samples_per_problem * r.practice.max_tokens / LOCAL_FLOOR_TOK_S
-    assert local_timeout(r, practice, "student") == expected > r.models["smol"].timeout_s
+    assert local_timeout(r, practice, "student") == min(LOCAL_TIMEOUT_CAP_S, expected) > r.models["smol"].timeout_s
     assert local_timeout(r, plan.stage("eval_base"), "student") == 60 + r.models["smol"].concurrency * r.eval.max_tokens / LOCAL_FLOOR_TOK_S
+    # the paper recipe's practice (256 in flight x 4 samples x 1,024 tokens) waited ~29 h per request before the cap
+    paper = compile_file(root / "recipes" / "orca_math.yaml")
+    pr = paper.recipe
+    on_gpu = local_timeout(pr, paper.stage("practice_2"), "student", gpu=True)
+    assert on_gpu == 60 + pr.models["student"].concurrency * 4 * pr.practice.max_tokens / GPU_FLOOR_TOK_S < LOCAL_TIMEOUT_CAP_S
+    assert local_timeout(pr, paper.stage("practice_2"), "student") == LOCAL_TIMEOUT_CAP_S == 7200

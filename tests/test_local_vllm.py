@@ -170,6 +170,40 @@ def test_fake_server_start_stop(fake_python, tmp_path):
     server.stop()  # idempotent
 
 
+def test_a_gpu_server_runs_with_gpu_settings(tmp_path):
+    """On a GPU: CUDA graphs (no --enforce-eager), vLLM's own token budget, none of the CPU workarounds."""
+    cmd = VLLMServer(tmp_path, served_name="m", log_path=tmp_path / "s.log", cpu=False).command(1234)
+    assert "--enforce-eager" not in cmd and "--max-num-batched-tokens" not in cmd
+    assert "--no-enable-chunked-prefill" not in cmd and "--kv-cache-memory-bytes" not in cmd
+    assert cmd[cmd.index("--dtype") + 1] == "auto"  # vLLM's own choice on a GPU (the checkpoint's bf16)
+
+
+def test_servers_get_gpus_of_their_own(tmp_path):
+    from rich.console import Console
+
+    from orca_recipe.errors import UserError
+    from orca_recipe.llm.pool import ServerPool
+
+    pool = ServerPool(tmp_path, Console())
+    assert pool.assign_gpus("teacher", 4, visible=list(range(8))) == [0, 1, 2, 3]
+    assert pool.assign_gpus("student", 2, visible=list(range(8))) == [4, 5]
+    with pytest.raises(UserError, match="needs 4 GPU"):
+        pool.assign_gpus("judge", 4, visible=list(range(8)))
+    pool.stop("teacher")  # its GPUs are free again
+    assert pool.assign_gpus("judge", 4, visible=list(range(8))) == [0, 1, 2, 3]
+
+
+def test_no_server_is_kept_through_a_training_stage():
+    from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.runner import until_training
+
+    plan = compile_file(Path(__file__).resolve().parents[1] / "recipes" / "orca_math.yaml")
+    after_filter = plan.stages[[s.name for s in plan.stages].index("eval_base"):]
+    assert [s.name for s in until_training(after_filter)] == ["eval_base"]  # sft comes next: the engines go
+    after_sft = plan.stages[[s.name for s in plan.stages].index("eval_sft"):]
+    assert [s.name for s in until_training(after_sft)] == ["eval_sft", "practice_2", "judge_2", "preferences_2"]
+
+
 def test_fake_server_dying_at_start_shows_the_log(fake_python, tmp_path):
     server = VLLMServer(
         tmp_path, served_name="m", log_path=tmp_path / "s.log", python=fake_python,

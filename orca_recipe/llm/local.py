@@ -130,8 +130,11 @@ class VLLMServer:
             "--host", self.host,
             "--port", str(port),
             "--dtype", self.dtype,
-            *self.base_args,
-            "--max-num-batched-tokens", str(max(MIN_BATCHED_TOKENS, self.max_model_len or _context_len(self.model_dir))),
+            # CPU only: eager mode (compiling costs minutes there; on a GPU CUDA graphs pay) and a
+            # token budget that fits a whole prompt (no chunked prefill there); on a GPU vLLM's own.
+            *(self.base_args if self.cpu else ()),
+            *(("--max-num-batched-tokens", str(max(MIN_BATCHED_TOKENS, self.max_model_len or _context_len(self.model_dir))))
+              if self.cpu else ()),
             *(("--max-num-seqs", str(self.max_num_seqs)) if self.max_num_seqs else ()),
             *(("--max-model-len", str(self.max_model_len)) if self.max_model_len else ()),
             *(self.cpu_args() if self.cpu else ()),

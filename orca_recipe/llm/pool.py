@@ -13,6 +13,8 @@ from rich.console import Console
 from orca_recipe.recipe.compile import StageRun
 
 LOCAL_FLOOR_TOK_S = 10.0    # output tokens/s a local engine gives at the least (2 slow cores)
+GPU_FLOOR_TOK_S = 500.0     # ... and on a GPU (a 7B model decodes thousands of tokens/s batched on one)
+LOCAL_TIMEOUT_CAP_S = 2 * 3600.0  # no reply from our own server is worth waiting longer for: a wedged server fails in bounded time
 DEFAULT_REPLY_TOKENS = 1024
 
 
@@ -23,6 +25,7 @@ class ServerPool:
         self.run_dir = run_dir
         self.console = console
         self.servers: dict[str, Any] = {}
+        self.gpus_of: dict[str, list[int]] = {}  # server -> the GPU ids it holds (CUDA_VISIBLE_DEVICES)
         self._on_cpu: bool | None = None
 
     @property
@@ -41,12 +44,30 @@ class ServerPool:
             log = self.run_dir / "logs" / f"vllm-{key}.log"
             self.console.print(f"[dim]starting vLLM for {served_name} ({folder}); log: {log}[/]")
             t = time.monotonic()
+            env = {} if self.on_cpu else {"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.assign_gpus(key, local.gpus)))}
             server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=self.template_args(key, local) + local_args(local),
-                                dtype=local.dtype, max_model_len=local.max_model_len)
+                                dtype=local.dtype, max_model_len=local.max_model_len, env=env, startup_timeout=local.startup_timeout_s)
             self.servers[key] = server  # registered first, so a failed start is still stopped
             server.start()
             self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s (dtype {server.dtype})[/]")
         return self.servers[key].api_base
+
+    def assign_gpus(self, key: str, n: int, visible: list[int] | None = None) -> list[int]:
+        """The `n` lowest GPU ids no running server of this pool holds, so a local teacher and a
+        local student never share one; a UserError when fewer are free."""
+        if visible is None:
+            from orca_recipe.llm.hardware import gpu_count
+
+            visible = list(range(gpu_count()))
+        held = {g for k, ids in self.gpus_of.items() if k != key for g in ids}
+        free = [g for g in visible if g not in held]
+        if len(free) < n:
+            from orca_recipe.errors import UserError
+
+            busy = ", ".join(f"{k}: {ids}" for k, ids in self.gpus_of.items() if k != key)
+            raise UserError(f"models.{key}.local needs {n} GPU(s) but only {len(free)} of {len(visible)} are free ({busy or 'none held'})")
+        self.gpus_of[key] = free[:n]
+        return free[:n]
 
     def template_args(self, key: str, local: Any) -> list[str]:
         """`--chat-template FILE` for a model whose recipe names a template (written beside the logs)."""
@@ -61,6 +82,7 @@ class ServerPool:
         return ["--chat-template", str(path)]
 
     def stop(self, key: str) -> None:
+        self.gpus_of.pop(key, None)
         server = self.servers.pop(key, None)
         if server is not None:
             server.stop()
@@ -87,11 +109,12 @@ def local_args(local: Any) -> list[str]:
     return args + list(local.extra_args)
 
 
-def local_timeout(recipe: Any, stage: StageRun, agent: str) -> float:
+def local_timeout(recipe: Any, stage: StageRun, agent: str, *, gpu: bool = False) -> float:
     """Seconds a request to our own server may take: everything the stage can have in
-    flight (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S, plus a
-    minute. A slow CPU then waits for a reply it will get instead of abandoning it and
-    asking again (vLLM drops an abandoned request, so a retry starts from scratch)."""
+    flight (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S (GPU_FLOOR_TOK_S
+    on a GPU), plus a minute, at most LOCAL_TIMEOUT_CAP_S. A slow CPU then waits for a reply it
+    will get instead of abandoning it and asking again (vLLM drops an abandoned request, so a
+    retry starts from scratch), and a wedged server still fails the request within the cap."""
     m = recipe.models[recipe.agents[agent].model]
     max_tokens, n = recipe.sampling_for(agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
     if stage.kind == "practice" and recipe.practice:
@@ -100,4 +123,5 @@ def local_timeout(recipe: Any, stage: StageRun, agent: str) -> float:
         max_tokens = recipe.eval.max_tokens
     elif stage.kind == "solve":
         n = recipe.solve.samples
-    return 60.0 + m.concurrency * n * max_tokens / LOCAL_FLOOR_TOK_S
+    floor = GPU_FLOOR_TOK_S if gpu else LOCAL_FLOOR_TOK_S
+    return min(LOCAL_TIMEOUT_CAP_S, 60.0 + m.concurrency * n * max_tokens / floor)

@@ -54,6 +54,8 @@ class LocalServe(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on a GPU or a CPU with bf16 in hardware (avx512_bf16/amx_bf16), float32 on other CPUs.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to the vLLM server.")
+    startup_timeout_s: PositiveFloat = Field(600, description="Longest wait for the server to load the model and answer /health "
+                                                              "(a 70B model from a network disk can take longer than the default).")
     chat_template: str | None = Field(
         None, description="For a model whose tokenizer has none (a base model): 'chatml', 'mistral' or a Jinja file, relative to the "
                           "recipe file; used by vLLM, Axolotl and the preference writer alike.")
