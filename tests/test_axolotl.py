@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,48 @@ def test_sft_then_kto_train_for_real(tmp_path, embedded_model_dir):
     write_jsonl(tmp_path / "preferences_2" / "data.jsonl", prefs.rows)
     kto = asyncio.run(train.run(_ctx(plan, "train_2", {"preferences_2": prefs.rows, "sft": []}, tmp_path)))
     assert kto.report["steps"] == 2 and is_model_folder(tmp_path / "train_2" / "output")
+
+
+def test_a_killed_sft_resumes_from_its_last_checkpoint(tmp_path, embedded_model_dir):
+    """Checkpoints come every `checkpoint_every_steps` steps: SFT killed (SIGKILL, as an OOM
+    killer or a lost node would) after its step-2 checkpoint resumes there, not from step 0."""
+    import signal
+    import threading
+    import time
+
+    from orca_recipe.errors import UserError
+
+    plan = compile_file(REPO / "recipes" / "tiny.yaml", ["training.sft.axolotl.max_steps=4", "training.checkpoint_every_steps=2"],
+                        run_dir=tmp_path)
+    assert plan.stage("sft").trainer_config["save_steps"] == 2
+    solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
+               "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
+    output = tmp_path / "sft" / "output"
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (output / "checkpoint-2" / "trainer_state.json").is_file():
+            time.sleep(0.2)
+        time.sleep(1.0)  # let the checkpoint's last file land
+        import subprocess
+
+        pids = subprocess.run(["pgrep", "-f", str(tmp_path / "sft" / "axolotl.yaml")], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    with pytest.raises(UserError, match="axolotl train failed"):
+        asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
+    killer.join()
+    assert killed and (output / "checkpoint-2").is_dir() and not is_model_folder(tmp_path / "sft" / "output" / "checkpoint-4")
+    again = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
+    assert again.report["resumed_from"] == str(output / "checkpoint-2")
+    assert again.report["steps"] == 4 and is_model_folder(output)
+    log = (tmp_path / "sft" / "train.log").read_text()
+    assert "checkpoint-2" in log.split("$ ")[-1]  # the second launch loaded the checkpoint
 
 
 def test_lora_sft_trains_an_adapter_and_merges_it_for_serving(tmp_path, embedded_model_dir):

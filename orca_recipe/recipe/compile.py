@@ -22,7 +22,7 @@ from orca_recipe.problems import count_problems, held_out_questions
 from orca_recipe.prompts import Prompt, check_template, load_prompt
 from orca_recipe.recipe.load import Loaded, load_recipe
 from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Agent, ModelEndpoint, Recipe
-from orca_recipe.train.config import output_dir, preference_config, scale_keys, sft_config
+from orca_recipe.train.config import output_dir, preference_config, resume_keys, scale_keys, sft_config
 
 
 @dataclass(frozen=True)
@@ -370,7 +370,7 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         sft_opts = tr.sft.axolotl.options()
         sft_yaml = sft_config(
             base_model or "", str(sft_dir / "train.jsonl"), str(output_dir(sft_dir, sft_opts)), str(sft_dir / "prepared"), sft_opts,
-            scale_keys(sft_dir, sft_opts, tr.distributed) | chat_keys,
+            scale_keys(sft_dir, sft_opts, tr.distributed) | chat_keys | resume_keys(tr.checkpoint_every_steps, sft_opts),
         )
         add(
             "sft", "sft", ("filter",),
@@ -405,7 +405,8 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
             pref_opts = tr.preference.axolotl.options()
             pref_yaml = preference_config(
                 prefs.kind, str(run_dir / model_stage / "output"), str(run_dir / f"preferences_{it}" / "data.jsonl"),
-                str(output_dir(st_dir, pref_opts)), str(st_dir / "prepared"), pref_opts, scale_keys(st_dir, pref_opts, tr.distributed) | chat_keys,
+                str(output_dir(st_dir, pref_opts)), str(st_dir / "prepared"), pref_opts, scale_keys(st_dir, pref_opts, tr.distributed) | chat_keys
+                | resume_keys(tr.checkpoint_every_steps, pref_opts),
             )
             add(
                 f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),

@@ -358,6 +358,9 @@ class Training(Strict):
     """The student and how it is trained; `sft` is iteration 1, `preference` the later ones."""
 
     student: str = Field(description="Key of a `models` entry with `local:`: the model to train.")
+    checkpoint_every_steps: PositiveInt = Field(
+        100, description="A resume checkpoint every N optimizer steps (Axolotl save_steps): a killed run resumes from the last one, "
+                         "not from step 0. Removed once the final model is saved.")
     sft: Axolotl = Field(default_factory=Axolotl)
     preference: Axolotl = Field(default_factory=Axolotl)
     launcher: Launcher = Field(default_factory=Launcher)

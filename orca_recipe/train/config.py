@@ -58,6 +58,14 @@ def scale_keys(stage_dir: Path, overrides: dict[str, Any], distributed: "Distrib
     return cfg
 
 
+def resume_keys(every_steps: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints every `every_steps` steps (mid-epoch), unless the recipe's own Axolotl block
+    says how to save (Axolotl refuses save_steps beside saves_per_epoch)."""
+    if any(k in overrides for k in ("save_steps", "saves_per_epoch", "save_strategy")):
+        return {}
+    return {"save_steps": every_steps}
+
+
 def _common(base_model: str, output_dir: str, prepared_dir: str) -> dict[str, Any]:
     return {
         "base_model": base_model,
@@ -76,8 +84,7 @@ def _common(base_model: str, output_dir: str, prepared_dir: str) -> dict[str, An
         "warmup_ratio": 0.03,
         "bf16": "auto",
         "logging_steps": 1,
-        "saves_per_epoch": 1,
-        "save_total_limit": 2,
+        "save_total_limit": 2,  # + save_steps from the recipe (resume_keys)
         "auto_resume_from_checkpoints": True,  # a crashed run resumes from output_dir/checkpoint-N
         "seed": 42,
     }
