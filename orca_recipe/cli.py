@@ -31,6 +31,7 @@ def validate(
     set_: list[str] = SetOpt,
     check_axolotl: bool = typer.Option(False, "--check-axolotl", help="Also check the rendered Axolotl configs with Axolotl's schema (slow: imports Axolotl)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="Check for a machine with this many GPUs per node (default: this machine's)."),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", min=1, help="GiB per GPU of the machine to check for: refuse a training stage or server whose estimate does not fit."),
     ready: bool = typer.Option(False, "--ready", help="Also check that this machine can run it now: key variables set, model folders present, an install that can use its GPUs (what `run` checks first)."),
 ) -> None:
     """Check a recipe (schema, references, prompt templates, the GPUs it needs); exit 0 if valid, 2 if not."""
@@ -40,6 +41,10 @@ def validate(
 
     plan = compile_file(recipe, set_)
     check_machine(plan.recipe, plan.loaded, gpu_count() if gpus is None else gpus)
+    if gpu_memory is not None:
+        from orca_recipe.recipe.machine import check_memory
+
+        check_memory(plan, gpu_memory)
     if ready:
         from orca_recipe.recipe.ready import check_ready
 

@@ -314,3 +314,35 @@ def test_stop_ends_the_process_and_frees_the_port(vllm_server, request):
     later = items[items.index(request.node) + 1 :]
     if any("vllm_server" in getattr(item, "fixturenames", ()) for item in later):
         vllm_server.start()
+
+
+@pytest.mark.parametrize("recipe", ["recipes/orca_math.yaml", "recipes/orca_math_7b_multi_gpu.yaml", "recipes/tiny.yaml"])
+def test_rendered_vllm_commands_pass_vllms_own_parser(recipe, tmp_path):
+    """Every local server a shipped recipe starts, as its command line would be on a GPU node
+    (and on this CPU for tiny), parsed and checked by vLLM's own serve-argument code."""
+    from rich.console import Console
+
+    from orca_recipe.llm.pool import ServerPool, local_args
+    from orca_recipe.recipe.compile import compile_file
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    plan = compile_file(Path(__file__).resolve().parents[1] / recipe)
+    pool = ServerPool(tmp_path, Console())
+    for name, m in plan.recipe.models.items():
+        if m.local is None:
+            continue
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text('{"max_position_embeddings": 4096}')
+        on_gpu = recipe != "recipes/tiny.yaml"
+        server = VLLMServer(folder, served_name=name, log_path=tmp_path / "s.log", cpu=not on_gpu, dtype=m.local.dtype,
+                            extra_args=pool.template_args(name, m.local) + local_args(m.local), max_model_len=m.local.max_model_len)
+        cmd = server.command(8000)
+        assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(cmd[3:])
+        validate_parsed_serve_args(args)
+        assert args.model == str(folder) and args.served_model_name == [name]
+        assert args.data_parallel_size == m.local.data_parallel_size and args.tensor_parallel_size == m.local.tensor_parallel_size
+        assert bool(args.chat_template) == bool(m.local.chat_template)
+        assert args.enforce_eager is (not on_gpu)

@@ -141,3 +141,35 @@ def test_the_pool_hands_vllm_the_template(tmp_path):
     plan = compile_file(recipe_with_student(tmp_path, base_model_folder(tmp_path / "base"), chat_template="mistral"))
     args = ServerPool(tmp_path / "run", Console()).template_args("student", plan.recipe.models["student"].local)
     assert args[0] == "--chat-template" and Path(args[1]).read_text() == MISTRAL
+
+
+def test_gpu_memory_estimates_follow_the_zero_accounting():
+    from orca_recipe.train.memory import GIB, KNOWN_ARCHITECTURES, Arch, architecture, training_estimate
+
+    arch = architecture("/nowhere/Mistral-7B-v0.1")  # no folder yet: the public architecture its name matches
+    assert arch == Arch(**{k: v for k, v in zip(("hidden", "layers", "intermediate", "heads", "kv_heads", "vocab"),
+                                                 KNOWN_ARCHITECTURES["mistral-7b"].values())})
+    assert 7.2e9 < arch.params < 7.3e9  # Mistral-7B-v0.1: 7.24B parameters
+    cfg = {"sequence_len": 2048, "micro_batch_size": 4, "bf16": True}
+    plain = training_estimate(arch, cfg, 8, None)
+    assert plain.parts["weights"] + plain.parts["gradients"] + plain.parts["optimizer"] == 16 * arch.params  # 16 bytes a parameter
+    zero3 = training_estimate(arch, cfg | {"gradient_checkpointing": True}, 8, "zero3")
+    assert zero3.parts["optimizer"] == 12 * arch.params / 8 and zero3.parts["weights"] == 2 * arch.params / 8
+    assert plain.total > 100 * GIB > 80 * GIB > zero3.total
+    zero2 = training_estimate(arch, cfg, 8, "zero2")
+    assert zero2.parts["weights"] == 2 * arch.params and zero2.parts["gradients"] == 2 * arch.params / 8
+    assert "reference model" in training_estimate(arch, cfg | {"rl": "kto"}, 8, "zero3").parts
+
+
+def test_validate_refuses_what_cannot_fit_the_gpus_named():
+    unsharded = ["--set", "training.distributed.deepspeed=null", "--set", "training.sft.axolotl.gradient_checkpointing=false"]
+    proc = run_cli("validate", REPO / "recipes" / "orca_math.yaml", "--gpus", "8", "--gpu-memory", "80", *unsharded)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "training.sft.axolotl.micro_batch_size: sft (Axolotl) needs" in proc.stderr and "more than 80 GiB" in proc.stderr
+    assert "orca_math.yaml:" in proc.stderr
+    for recipe in ("recipes/orca_math.yaml", "recipes/orca_math_7b_multi_gpu.yaml", "examples/orca_math_dpo.yaml"):
+        ok = run_cli("validate", REPO / recipe, "--gpus", "8", "--gpu-memory", "80")
+        assert ok.returncode == 0, ok.stderr  # the paper recipes fit an 8 x 80 GB node
+    shown = run_cli("plan", REPO / "recipes" / "orca_math.yaml", "--no-prompts", "--no-check-axolotl", "--out", REPO / "runs" / ".plan-test")
+    assert shown.returncode == 0 and "GPU memory (estimate" in shown.stdout
+    assert "sft (Axolotl):" in shown.stdout and "GiB per GPU" in shown.stdout and "vLLM server 'student':" in shown.stdout

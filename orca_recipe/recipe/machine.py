@@ -9,6 +9,7 @@ tokens; `validate` and `run` refuse them up front instead, naming the key that a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from orca_recipe.errors import UserError
 from orca_recipe.recipe.load import Loaded, dotted
@@ -56,6 +57,78 @@ def gpu_needs(recipe: Recipe) -> list[Need]:
             needs.append(Need(("training", section, "axolotl", key), 1,
                               "QLoRA / 8-bit loading quantizes the base with bitsandbytes, which needs a CUDA GPU"))
     return needs
+
+
+def sharding(recipe: Recipe) -> str | None:
+    """How training shards model states: a ZeRO stage, 'fsdp', or None (plain data parallel)."""
+    dist = recipe.training.distributed if recipe.training else None
+    if dist is None:
+        return None
+    if dist.fsdp is not None:
+        return "fsdp"
+    ds = dist.deepspeed
+    if ds is None:
+        return None
+    if ds in ("zero2", "zero3", "zero3_offload"):
+        return ds.split("_")[0]
+    import json
+    from pathlib import Path
+
+    try:  # a DeepSpeed file of the user's: its zero_optimization.stage
+        stage = json.loads(Path(ds).read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage", 0)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"zero{stage}" if stage in (1, 2, 3) else None
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    key: tuple[str, ...]   # where to change it
+    what: str              # "sft (Axolotl)", "vLLM server 'student'"
+    estimate: Any          # train.memory.Estimate
+
+
+def memory_needs(plan: Any) -> list[MemoryNeed]:
+    """Per training stage and per local server, what one GPU must hold (train.memory), where
+    the model's architecture is known (its config.json, or a public model its folder is named for)."""
+    from orca_recipe.train.memory import architecture, serving_estimate, training_estimate
+
+    recipe: Recipe = plan.recipe
+    out: list[MemoryNeed] = []
+    for name, m in recipe.models.items():
+        if m.local is None or m.local.path is None:
+            continue
+        arch = architecture(m.local.path)
+        if arch is not None:
+            out.append(MemoryNeed(("models", name, "local", "tensor_parallel_size"), f"vLLM server '{name}'",
+                                  serving_estimate(arch, m.local.tensor_parallel_size, m.local.max_model_len)))
+    if recipe.training is None:
+        return out
+    student = recipe.models[recipe.training.student].local
+    arch = architecture(student.path if student else None)
+    if arch is None:
+        return out
+    gpus = recipe.training.launcher.num_processes
+    for s in plan.stages:
+        if s.trainer_config is None:
+            continue
+        section = "sft" if s.kind == "sft" else "preference"
+        out.append(MemoryNeed(("training", section, "axolotl", "micro_batch_size"), f"{s.name} (Axolotl)",
+                              training_estimate(arch, s.trainer_config, gpus, sharding(recipe))))
+    return out
+
+
+def check_memory(plan: Any, gib_per_gpu: float) -> None:
+    """Raise one UserError naming every stage or server that cannot fit `gib_per_gpu`."""
+    from orca_recipe.train.memory import GIB
+
+    over = [n for n in memory_needs(plan) if n.estimate.total > gib_per_gpu * GIB]
+    if not over:
+        return
+    lines = [str(UserError(f"{n.what} needs {n.estimate.describe()}, more than {gib_per_gpu:g} GiB: shard it "
+                           "(training.distributed.deepspeed: zero3, or fsdp), turn on gradient_checkpointing, or lower the micro batch",
+                           where=plan.loaded.where(n.key), key=dotted(n.key))) for n in over]
+    raise UserError(lines[0] if len(lines) == 1 else f"{len(lines)} do not fit {gib_per_gpu:g} GiB per GPU:\n  " + "\n  ".join(lines))
 
 
 def check_machine(recipe: Recipe, loaded: Loaded, gpus: int) -> None:

@@ -67,6 +67,8 @@ def render_gpu_needs(console: Console, plan: Plan) -> None:
     from orca_recipe.llm.hardware import gpu_count
     from orca_recipe.recipe.machine import gpu_needs
 
+    from orca_recipe.recipe.machine import memory_needs
+
     needs = gpu_needs(plan.recipe)
     if not needs:
         return
@@ -75,6 +77,11 @@ def render_gpu_needs(console: Console, plan: Plan) -> None:
     for n in needs:
         mark = "" if n.gpus <= have else "  [yellow]← not here[/]"
         console.print(f"  {'.'.join(n.key)}: {n.gpus} · {n.what}{mark}")
+    memory = memory_needs(plan)
+    if memory:
+        console.print("GPU memory (estimate; `validate --gpus N --gpu-memory GIB` refuses what cannot fit):")
+        for m in memory:
+            console.print(f"  {m.what}: {m.estimate.describe()}", markup=False)
 
 
 def write_trainer_configs(plan: Plan, out_dir: Path) -> list[Path]:

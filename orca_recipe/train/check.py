@@ -22,10 +22,12 @@ warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 from axolotl.utils.config import validate_config
 from axolotl.utils.dict import DictDefault
+payload = json.load(sys.stdin)
+caps, env_caps = payload["capabilities"], payload["env_capabilities"]
 results = {}
-for name, cfg in json.load(sys.stdin).items():
+for name, cfg in payload["configs"].items():
     try:
-        validate_config(DictDefault(cfg))
+        validate_config(DictDefault(cfg), capabilities=caps, env_capabilities=env_caps)
         results[name] = None
     except Exception as e:  # pydantic ValidationError or ValueError: Axolotl's own message
         results[name] = f"{type(e).__name__}: {e}"
@@ -41,11 +43,20 @@ def axolotl_available(launcher: Launcher) -> bool:
         return False
 
 
-def check_configs(configs: dict[str, dict[str, Any]], launcher: Launcher, timeout: float = 300) -> dict[str, str | None]:
-    """stage name -> None when Axolotl accepts the config, else its error message."""
+def gpu_node(num_processes: int, num_nodes: int = 1) -> dict[str, Any]:
+    """Axolotl's GPUCapabilities of the node a GPU recipe targets (an 80 GB Hopper: bf16, tf32),
+    so its validator applies the checks it applies on that node, from a CPU machine."""
+    return {"bf16": True, "tf32": True, "fp8": False, "n_gpu": num_processes, "n_node": num_nodes, "compute_capability": "sm_90"}
+
+
+def check_configs(configs: dict[str, dict[str, Any]], launcher: Launcher, timeout: float = 300,
+                  capabilities: dict[str, Any] | None = None) -> dict[str, str | None]:
+    """stage name -> None when Axolotl accepts the config, else its error message. With
+    `capabilities` (see `gpu_node`) Axolotl validates for that GPU node, torch 2.13.0."""
     python = axolotl_bin(launcher).parent / "python"
+    payload = {"configs": configs, "capabilities": capabilities, "env_capabilities": {"torch_version": "2.13.0"} if capabilities else None}
     proc = subprocess.run(
-        [str(python), "-c", _SNIPPET], input=json.dumps(configs, default=str), capture_output=True, text=True,
+        [str(python), "-c", _SNIPPET], input=json.dumps(payload, default=str), capture_output=True, text=True,
         timeout=timeout, env=train_env(launcher),
     )
     for line in proc.stdout.splitlines():
@@ -56,12 +67,17 @@ def check_configs(configs: dict[str, dict[str, Any]], launcher: Launcher, timeou
 
 
 def check_plan(plan: Any) -> int:
-    """Raise a UserError naming the recipe key if Axolotl rejects a rendered config; return how many passed."""
+    """Raise a UserError naming the recipe key if Axolotl rejects a rendered config; return how
+    many passed. A recipe that trains on GPUs is checked with that node's capabilities."""
+    from orca_recipe.recipe.machine import gpu_needs
+
     tr = plan.recipe.training
     configs = {s.name: s.trainer_config for s in plan.stages if s.trainer_config is not None}
     if tr is None or not configs:
         return 0
-    for name, problem in check_configs(configs, tr.launcher).items():
+    on_gpus = any(n.key[0] == "training" for n in gpu_needs(plan.recipe))
+    caps = gpu_node(tr.launcher.num_processes, tr.launcher.num_nodes) if on_gpus else None
+    for name, problem in check_configs(configs, tr.launcher, capabilities=caps).items():
         if problem:
             section = "sft" if name == "sft" else "preference"
             key = ("training", section, "axolotl")
