@@ -36,6 +36,8 @@ class FakeBatches:
         self.hold = hold
         self.never = never
         self.broken = False  # True: every call answers HTTP 503  # prompts no batch ever answers: each batch holding one ends expired
+        self.broken_polls = False  # True: only GET /batches/ID answers HTTP 503 (submitting still works)
+        self.forget: set[str] = set()  # batch ids the provider no longer knows (GET /batches/ID: 404)
         self.expire_first = expire_first
         self.fail_once = fail_once
         self.key = key
@@ -192,7 +194,9 @@ class _Handler(BaseHTTPRequestHandler):
                     lines.append({"custom_id": x["custom_id"], "result": {"type": "errored", "error": {
                         "type": "error", "error": {"type": "api_error", "message": "overloaded"}}}})
                 return self._send(200, "".join(json.dumps(x) + "\n" for x in lines).encode(), raw=True)
-            b = st.batches.get(bid)
+            if st.broken_polls:
+                return self._send(503, {"error": {"message": "The service is temporarily unavailable."}})
+            b = None if bid in st.forget else st.batches.get(bid)
             if b is None:
                 return self._send(404, {"error": {"message": f"No batch found with id '{bid}'."}})
             st.advance(b)

@@ -180,3 +180,44 @@ def test_a_job_whose_polls_fail_is_never_sent_again_but_collected_next_run(tmp_p
         again = asyncio.run(ask_all(batch_llm(tmp_path, fb.api_base), ["p0", "p1"], Usage()))
         assert [c.text for c in again] == [pipeline_reply(t, 0, 0) for t in ("p0", "p1")]
         assert fb.batches_created == 1 and fb.requests_billed == 2
+
+
+def _leave_a_job_out(tmp_path: Path, fb: FakeBatches) -> None:
+    """A first run whose polls fail while its job is out: the job stays `submitted` on disk."""
+    llm = batch_llm(tmp_path, fb.api_base, max_backoff_s=0.05)
+
+    async def go():
+        task = asyncio.ensure_future(ask_all(llm, ["p0", "p1"], Usage()))
+        await asyncio.to_thread(wait_until, lambda: fb.polls >= 2)
+        fb.broken_polls = True
+        return await task
+
+    assert all(isinstance(o, LLMError) and "still out" in o.reason for o in asyncio.run(go()))
+    assert fb.batches_created == 1 and [json.loads(p.read_text())["state"] for p in (tmp_path / "batches").glob("*.json")] == ["submitted"]
+
+
+def test_a_transient_poll_failure_on_resume_never_resends_a_paid_request(tmp_path):
+    """The rerun polls the job the last run left out and the poll fails again (503), while
+    submitting would work: the job is kept, its requests fail for this run, nothing is sent
+    twice; once the API answers, the same job is collected and billed once."""
+    with FakeBatches(hold=True) as fb:
+        _leave_a_job_out(tmp_path, fb)
+        again = asyncio.run(ask_all(batch_llm(tmp_path, fb.api_base, max_backoff_s=0.05), ["p0", "p1"], Usage()))
+        assert all(isinstance(o, LLMError) and "still out" in o.reason for o in again)
+        assert fb.batches_created == 1  # not re-submitted
+        assert [json.loads(p.read_text())["state"] for p in (tmp_path / "batches").glob("*.json")] == ["submitted"]
+        fb.broken_polls, fb.hold = False, False
+        done = asyncio.run(ask_all(batch_llm(tmp_path, fb.api_base), ["p0", "p1"], Usage()))
+        assert [c.text for c in done] == [pipeline_reply(t, 0, 0) for t in ("p0", "p1")]
+        assert fb.batches_created == 1 and fb.requests_billed == 2
+
+
+def test_a_job_the_provider_no_longer_knows_is_sent_again(tmp_path):
+    """Only a provider's 'no such batch' (404) abandons a job: then its requests go in a new one."""
+    with FakeBatches(hold=True) as fb:
+        _leave_a_job_out(tmp_path, fb)
+        fb.broken_polls, fb.hold, fb.forget = False, False, set(fb.batches)
+        done = asyncio.run(ask_all(batch_llm(tmp_path, fb.api_base), ["p0", "p1"], Usage()))
+        assert all(not isinstance(c, Exception) and "####" in c.text for c in done)
+        states = sorted(json.loads(p.read_text())["state"].split(":")[0] for p in (tmp_path / "batches").glob("*.json"))
+        assert states[0] == "abandoned" and fb.batches_created == 2

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from orca_recipe.llm.accounting import split_reply
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
-from orca_recipe.llm.errors import AUTH, FAIL, QUOTA, RETRY, Failure, LLMError, http_failure
+from orca_recipe.llm.errors import AUTH, FAIL, NOTFOUND, QUOTA, RETRY, Failure, LLMError, http_failure
 from orca_recipe.llm.transport import Reply, read_choices, token_count
 from orca_recipe.store import atomic_write_text
 
@@ -37,6 +37,7 @@ SETTLE_S = 0.5             # a queue that got nothing new for this long is sent
 MAX_REQUESTS = 50_000      # OpenAI's limit per batch (Anthropic's is 100,000)
 DEADLINE_S = 25 * 3600     # the 24 h completion window and an hour's grace: a poll never waits forever
 API_TRIES = 5              # tries for each call to the files / batches API itself
+DOWNLOAD_TIMEOUT_S = 900   # a results file of 50,000 replies is hundreds of MB: its own deadline, not a request's
 DEFAULT_BASE = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
@@ -90,6 +91,7 @@ class BatchClient:
         self.base = (ep.api_base or DEFAULT_BASE[self.provider]).rstrip("/")
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ep.timeout_s), trust_env=not ep.is_loopback)
         self.queue: list[Pending] = []
+        self.still_out: dict[str, str] = {}  # cache key -> why: in a job out there that could not be read this run
         self.stamp = 0.0
         self.worker: asyncio.Task | None = None
 
@@ -140,6 +142,11 @@ class BatchClient:
                 if got is not None and not p.future.done():
                     p.future.set_result(got)
             todo = [p for p, got in ready if got is None]
+            for p in todo:
+                out = next((self.still_out[k] for k in p.keys if k in self.still_out), None)
+                if out is not None:
+                    p.future.set_exception(LLMError(out, endpoint=self.ep.name))
+            todo = [p for p in todo if not p.future.done()]
             if not todo:
                 return
             job = self._new_job(todo)
@@ -194,8 +201,14 @@ class BatchClient:
             except Failure as f:
                 if f.kind in (AUTH, QUOTA):
                     raise
-                job.state = f"abandoned: {f.reason}"  # the provider lost it, or it cannot be read: ask again
-                job.save(self.jobs_dir)
+                if f.kind == NOTFOUND:  # the provider says the job (or its file) does not exist: ask again
+                    job.state = f"abandoned: {f.reason}"
+                    job.save(self.jobs_dir)
+                    continue
+                # a poll or download that failed for now: the job stays out (maybe paid for) and its
+                # requests are never sent again; they fail for this run and the next run collects them
+                why = f"batch {job.batch_id} is still out ({f.reason}); the next run collects its answers"
+                self.still_out.update({k: why for keys in job.requests.values() for k in keys})
 
     async def _run_job(self, job: Job, by_id: dict[str, Pending]) -> dict[str, str]:
         """Submit (unless already), poll to the end, store the answers. Returns errors per custom_id."""
@@ -353,8 +366,9 @@ class BatchClient:
         attempt = 0
         while True:
             failure: Failure
+            timeout = aiohttp.ClientTimeout(total=max(DOWNLOAD_TIMEOUT_S, self.ep.timeout_s)) if raw else None
             try:
-                async with self.session.request(method, url, json=json_body, data=data, headers=self._headers()) as r:
+                async with self.session.request(method, url, json=json_body, data=data, headers=self._headers(), timeout=timeout) as r:
                     body = await r.text()
                     if r.status == 200:
                         if raw:
