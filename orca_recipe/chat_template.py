@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from orca_recipe.bounded import read_text
 from orca_recipe.errors import UserError
 
 # ChatML (the SmolLM2 / Qwen format), for a base model whose tokenizer has no template.
@@ -28,7 +29,6 @@ MISTRAL = (
     "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
 )
 KNOWN: dict[str, str] = {"chatml": CHATML, "mistral": MISTRAL}
-MAX_TEMPLATE_BYTES = 1 << 20
 
 
 def template_text(value: str, *, key: str, where: str | None = None) -> str:
@@ -36,22 +36,17 @@ def template_text(value: str, *, key: str, where: str | None = None) -> str:
     if value in KNOWN:
         return KNOWN[value]
     p = Path(value)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise UserError(f"chat template not found: {value} (a file, or one of: {', '.join(KNOWN)})", where=where, key=key)
-    with p.open("rb") as f:
-        data = f.read(MAX_TEMPLATE_BYTES + 1)
-    if len(data) > MAX_TEMPLATE_BYTES:
-        raise UserError(f"chat template {value} is over {MAX_TEMPLATE_BYTES >> 20} MiB", where=where, key=key)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"chat template {value} is not UTF-8 text ({e.reason} at byte {e.start})", where=where, key=key) from None
+    text = read_text(p, "chat template", key=key, where=where)  # regular files only, at most 1 MiB
     from jinja2 import Environment, TemplateSyntaxError
 
     try:
         Environment().parse(text)
     except TemplateSyntaxError as e:
         raise UserError(f"chat template {value}:{e.lineno}: {e.message}", where=where, key=key) from None
+    except RecursionError:
+        raise UserError(f"chat template {value} is nested too deeply for Jinja to read", where=where, key=key) from None
     return text
 
 

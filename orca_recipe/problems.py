@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from collections import Counter
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from orca_recipe.answers import gsm8k_gold, solution_steps
+from orca_recipe.bounded import LIMITS, check_regular, json_loads
 from orca_recipe.errors import UserError
 
 Row = dict[str, Any]
@@ -41,8 +43,9 @@ class Records:
 
     def __init__(self, path: str | Path, fmt: str = "auto", *, key: str):
         self.path, self.key = Path(path), key
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             raise UserError(f"data not found: {self.path}", key=key)
+        check_regular(self.path, "data", key=key, allow_dir=True)  # a FIFO or /dev/zero: one error, no hang
         self.fmt = data_format(self.path, fmt)
         self._offsets: list[tuple[int, int]] = []  # JSONL: (line number, byte offset) of each record
         self._items: list[tuple[int, Any]] = []
@@ -51,7 +54,7 @@ class Records:
             if self.fmt == "jsonl":
                 with self.path.open("rb") as f:
                     offset = 0
-                    for lineno, raw in enumerate(f, 1):
+                    for lineno, raw in enumerate(_lines(f, self.path, key), 1):
                         if raw.strip() and not (lineno == 1 and raw.strip() == b"\xef\xbb\xbf"):
                             self._offsets.append((lineno, offset))
                         offset += len(raw)
@@ -69,7 +72,7 @@ class Records:
             if self._fh is None:  # one open file for all the gets (close() ends it)
                 self._fh = self.path.open("rb")
             self._fh.seek(offset)
-            raw = self._fh.readline()
+            raw = self._fh.readline(LIMITS["data line"] + 1)
             return lineno, _parse_jsonl_line(raw.decode("utf-8-sig" if offset == 0 else "utf-8"), self.path, lineno, self.key)
 
     def close(self) -> None:
@@ -94,25 +97,44 @@ class Records:
             raise UserError(f"cannot read {self.path}: {e.strerror or e}", key=self.key) from None
 
 
+def _lines(f: Any, p: Path, key: str) -> Iterator[bytes]:
+    """The lines of a binary file, each at most LIMITS['data line'] bytes (a record is a few KB)."""
+    cap = LIMITS["data line"]
+    lineno = 0
+    while True:
+        raw = f.readline(cap + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > cap and not raw.endswith(b"\n"):
+            raise UserError(f"a line over {cap >> 20} MiB; a JSON Lines record is one problem", where=f"{p}:{lineno}", key=key)
+        yield raw
+
+
 def _parse_jsonl_line(line: str, p: Path, lineno: int, key: str) -> Any:
     try:
-        return json.loads(line)
+        return json_loads(line)
     except json.JSONDecodeError as e:
         raise UserError(f"not JSON Lines: {e.msg} (column {e.colno})", where=f"{p}:{lineno}", key=key) from None
+    except ValueError as e:  # nested too deep, NaN / Infinity
+        raise UserError(f"not JSON Lines: {e}", where=f"{p}:{lineno}", key=key) from None
 
 
 def _jsonl(p: Path, key: str) -> Iterator[tuple[int, Any]]:
-    with p.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(_lines(f, p, key), 1):
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             if line.strip():
                 yield lineno, _parse_jsonl_line(line, p, lineno, key)
 
 
 def _json(p: Path, key: str) -> Iterator[tuple[int, Any]]:
     try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
+        data = json_loads(p.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise UserError(f"not JSON: {e.msg} (column {e.colno})", where=f"{p}:{e.lineno}", key=key) from None
+    except ValueError as e:  # nested too deep, NaN / Infinity
+        raise UserError(f"not JSON: {e}", where=str(p), key=key) from None
     if isinstance(data, dict):
         lists = [k for k in JSON_LIST_KEYS if isinstance(data.get(k), list)] or [k for k, v in data.items() if isinstance(v, list)]
         if not lists:
@@ -153,7 +175,7 @@ def _hf_disk(p: Path, key: str) -> Iterator[tuple[int, Any]]:
 
     try:
         ds = load_from_disk(str(p))
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # a malformed state.json too
         raise UserError(f"{p}: cannot load the `datasets` folder: {e}", key=key) from None
     if hasattr(ds, "keys"):  # a DatasetDict: take train, else the first split
         ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
@@ -190,11 +212,18 @@ def _check(rec: Any, question_field: str, answer_field: str | None, answer_forma
         return None, f"no '{question_field}'" if question_field not in rec else f"'{question_field}' is null"
     if not isinstance(q, (str, int, float)) or isinstance(q, bool):
         return None, f"'{question_field}' is a {type(q).__name__}, not text"
+    if isinstance(q, float) and not math.isfinite(q):
+        return None, f"'{question_field}' is {q}, not text"
     question = str(q).strip()
     if not question:
         return None, f"'{question_field}' is empty"
     a = rec.get(answer_field) if answer_field else None
+    if isinstance(a, float) and not math.isfinite(a):
+        return None, f"'{answer_field}' is {a}, not an answer"
     answer = "" if a is None else str(a)
+    for name, text in ((question_field, question), (answer_field, answer)):
+        if not _encodable(text):
+            return None, f"'{name}' is not valid Unicode (a lone surrogate)"
     gold = gsm8k_gold(answer) if answer_format == "gsm8k" else (answer.strip() or None)
     if need_gold and gold is None:
         return None, f"no gold answer in '{answer_field}'" + (" (expected '#### N')" if answer_format == "gsm8k" else "")
@@ -212,6 +241,14 @@ def held_out_questions(path: str | None, *, key: str) -> frozenset[str]:
         return frozenset()
     return frozenset(question_key(q) for _, rec in Records(path, "auto", key=key).scan()
                      if isinstance(rec, dict) and isinstance(q := rec.get("question"), str))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def load_problems(path: str, fmt: str, question_field: str, answer_field: str | None, answer_format: str, *, limit: int | None,

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orca_recipe.chat_template import KNOWN as KNOWN_TEMPLATES
+from orca_recipe.bounded import read_text
 from orca_recipe.errors import UserError
 from orca_recipe.mapping import deep_merge
 from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Recipe
@@ -69,35 +70,67 @@ def _mark(path: Path, mark: yaml.Mark | None) -> str:
     return f"{path}:{mark.line + 1}:{mark.column + 1}"
 
 
-def _construct(node: yaml.Node, loader: yaml.SafeLoader, path: Path, key: Key, pos: dict[Key, str]) -> Any:
+MAX_YAML_DEPTH = 64         # a recipe is a few levels deep; recursive aliases never end
+MAX_YAML_NODES = 200_000    # nodes built, aliases expanded: a "billion laughs" stops here
+
+
+class _Budget:
+    """What one document may cost to build: nesting depth and nodes, aliases counted each time."""
+
+    def __init__(self, path: Path):
+        self.path, self.nodes = path, 0
+
+    def spend(self, node: yaml.Node, depth: int) -> None:
+        self.nodes += 1
+        if depth > MAX_YAML_DEPTH:
+            raise UserError(f"YAML nested deeper than {MAX_YAML_DEPTH} levels (or an alias that contains itself)",
+                            where=_mark(self.path, node.start_mark))
+        if self.nodes > MAX_YAML_NODES:
+            raise UserError(f"YAML expands to more than {MAX_YAML_NODES:,} values (aliases repeating aliases?); a recipe is "
+                            "a few hundred", where=_mark(self.path, node.start_mark))
+
+
+def _construct(node: yaml.Node, loader: yaml.SafeLoader, path: Path, key: Key, pos: dict[Key, str], budget: _Budget) -> Any:
+    budget.spend(node, len(key))
     pos[key] = _mark(path, node.start_mark)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # YAML merge keys (<<)
         out: dict[str, Any] = {}
         for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise UserError("keys must be plain strings", where=_mark(path, knode.start_mark))
             k = loader.construct_object(knode, deep=True)
             if not isinstance(k, (str, int, float, bool)) or isinstance(k, bool):
                 raise UserError("keys must be plain strings", where=_mark(path, knode.start_mark))
             k = str(k)
             if k in out:
                 raise UserError(f"duplicate key '{k}' (it is also set above)", where=_mark(path, knode.start_mark), key=dotted(key + (k,)))
-            out[k] = _construct(vnode, loader, path, key + (k,), pos)
+            out[k] = _construct(vnode, loader, path, key + (k,), pos, budget)
             pos[key + (k,)] = _mark(path, knode.start_mark)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, loader, path, key + (i,), pos) for i, v in enumerate(node.value)]
+        return [_construct(v, loader, path, key + (i,), pos, budget) for i, v in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
 def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Key, str]]:
-    """Parse one YAML document, keeping every key's file:line:col."""
-    loader = yaml.SafeLoader(text)
+    """Parse one YAML document, keeping every key's file:line:col. Bounded: nesting, nodes and
+    alias expansion have budgets (`_Budget`); control characters are one error, not a traceback."""
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader checks for unprintable characters here
         node = loader.get_single_node()
         if node is None:
             return None, {}
         pos: dict[Key, str] = {}
-        return _construct(node, loader, path, (), pos), pos
+        return _construct(node, loader, path, (), pos, _Budget(path)), pos
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1 if isinstance(e.position, int) else None
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise UserError(f"a control character ({char}) that YAML does not allow; a recipe is plain text",
+                        where=f"{path}:{line}" if line else str(path)) from None
+    except RecursionError:
+        raise UserError(f"YAML nested deeper than this reader can follow (limit {MAX_YAML_DEPTH} levels)", where=str(path)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or "invalid YAML"
@@ -109,16 +142,14 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Key, str]]:
     except yaml.YAMLError as e:
         raise UserError(f"YAML error: {e}", where=str(path)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _read_mapping(path: Path) -> tuple[dict[str, Any], dict[Key, str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("recipe file not found", where=str(path)) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read recipe: {e.__class__.__name__}", where=str(path)) from None
+    if not path.exists() and not path.is_symlink():
+        raise UserError("recipe file not found", where=str(path))
+    text = read_text(path, "recipe", where=str(path))  # regular files only, at most 4 MiB
     data, pos = parse_yaml(text, path)
     if data is None:
         raise UserError("the recipe is empty; expected a mapping with name, models, agents, seeds, solve ...", where=str(path))
