@@ -39,6 +39,8 @@ def template_text(value: str, *, key: str, where: str | None = None) -> str:
     if not p.exists() and not p.is_symlink():
         raise UserError(f"chat template not found: {value} (a file, or one of: {', '.join(KNOWN)})", where=where, key=key)
     text = read_text(p, "chat template", key=key, where=where)  # regular files only, at most 1 MiB
+    if "messages" not in text:
+        raise UserError(f"chat template {value} never reads `messages`: it would send every model the same text", where=where, key=key)
     from jinja2 import Environment, TemplateSyntaxError
 
     try:

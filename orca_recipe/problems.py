@@ -239,8 +239,21 @@ def held_out_questions(path: str | None, *, key: str) -> frozenset[str]:
     """The questions (as `question_key`) of a held-out problem file; empty without one."""
     if path is None:
         return frozenset()
-    return frozenset(question_key(q) for _, rec in Records(path, "auto", key=key).scan()
-                     if isinstance(rec, dict) and isinstance(q := rec.get("question"), str))
+    found = frozenset(question_key(q) for _, rec in Records(path, "auto", key=key).scan()
+                      if isinstance(rec, dict) and isinstance(q := rec.get("question"), str))
+    if not found:
+        raise UserError(f"{path} holds no row with a 'question': a held-out split is problems", key=key)
+    return found
+
+
+def _is_loop(p: Path) -> bool:
+    try:
+        p.stat()
+        return False
+    except OSError as e:
+        import errno
+
+        return e.errno == errno.ELOOP
 
 
 def _encodable(text: str) -> bool:
@@ -309,6 +322,8 @@ def count_problems(path: str, fmt: str, question_field: str, answer_field: str |
     One pass in file order, nothing kept; a malformed file fails here, at `validate`, with the
     same file:line as at `run`."""
     if not Path(path).exists():
+        if Path(path).is_symlink() and _is_loop(Path(path)):
+            check_regular(path, "data", key=key)  # a loop of links: one error now, not at run time
         return None
     n = 0
     for _, rec in Records(path, fmt, key=key).scan():

@@ -135,7 +135,10 @@ def load_prompt(path: str | None, inline: str | None, *, key: str, where: str | 
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise UserError(f"prompt file not found: {p}", where=where, key=key)
-    return Prompt(read_text(p, "prompt", key=key, where=where), str(p))  # regular files only, at most 1 MiB
+    text = read_text(p, "prompt", key=key, where=where)  # regular files only, at most 1 MiB
+    if not text.strip():
+        raise UserError(f"prompt file {p} is empty: the model would be sent nothing", where=where, key=key)
+    return Prompt(text, str(p))
 
 
 def template_variables(prompt: Prompt, *, key: str, where: str | None) -> set[str]:
