@@ -156,16 +156,26 @@ def run(
     from orca_recipe.llm.hardware import gpu_count
     from orca_recipe.recipe.compile import compile_file
     from orca_recipe.recipe.machine import check_machine
-    from orca_recipe.runner import Runner
-
     from orca_recipe.recipe.ready import check_ready
+    from orca_recipe.runner import Runner
+    from orca_recipe.rundir import check_cache_file, check_writable_dir, hold
 
+    for flag, value in (("--until", until), ("--only", only)):
+        if value is not None and not value.strip():
+            raise UserError(f"{flag} needs a stage name", where=flag)
     p = compile_file(recipe, set_, run_dir)
+    for flag, value in (("--until", until), ("--only", only)):
+        if value is not None:
+            p.stage(value)  # an unknown name: one error listing the stages, before anything runs
     check_machine(p.recipe, p.loaded, gpu_count())
     check_ready(p.recipe, p.loaded, {a for s in p.stages for a in s.agents}, gpu_count())  # before anything is paid
+    check_writable_dir(p.run_dir, "--run-dir" if run_dir else "the run directory")
+    if cache is not None:
+        check_cache_file(cache)
     for w in p.warnings:
         err.print(f"[yellow]warning:[/] {w}")
-    outcomes = Runner(p, console=out, cache_path=cache).run(until=until, only=only)
+    with hold(p.run_dir):
+        outcomes = Runner(p, console=out, cache_path=cache).run(until=until, only=only)
     ran = [o for o in outcomes if o.state == "ran"]
     requests = sum(o.requests for o in outcomes)
     hits = sum(o.cache_hits for o in outcomes)

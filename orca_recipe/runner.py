@@ -134,9 +134,19 @@ class Runner:
             hit = self._ids[path] = (stamp, content_id(path))
         return hit[1]
 
+    def _open_cache(self) -> Any:
+        """The request cache, opened (and checked) once: a damaged one stops the run before any stage."""
+        if self._cache is None:
+            from orca_recipe.llm.cache import RequestCache
+
+            self._cache = RequestCache(self.cache_path or self.run_dir / "requests.sqlite")
+        return self._cache
+
     # ---- execution -------------------------------------------------------------
     def run(self, until: str | None = None, only: str | None = None) -> list[StageOutcome]:
         stages = self.select(until, only)
+        if any(s.agents for s in stages):
+            self._open_cache()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "recipe.yaml", to_yaml(effective(self.plan.recipe)))
         atomic_write_text(
@@ -157,6 +167,9 @@ class Runner:
             finally:
                 self.pool.stop_all()
                 if self._cache is not None:
+                    if self._cache.damaged:
+                        self.console.print(f"[yellow]warning:[/] {self._cache.damaged} cached value(s) in {self._cache.path} were not "
+                                           "well-formed completions: treated as misses and asked again")
                     self._cache.close()
         return outcomes
 
@@ -240,14 +253,11 @@ class Runner:
             await ctx.llm.aclose()
 
     def _attach_llm(self, ctx: StageContext) -> None:
-        from orca_recipe.llm.cache import RequestCache
         from orca_recipe.llm.batch import MAX_REQUESTS
         from orca_recipe.llm.door import LLM, Endpoint
 
         recipe = self.plan.recipe
-        if self._cache is None:
-            path = self.cache_path or self.run_dir / "requests.sqlite"
-            self._cache = RequestCache(path)
+        self._open_cache()
         endpoints = {}
         parallel = 1
         names = {}

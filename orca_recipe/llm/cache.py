@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from orca_recipe.errors import UserError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key     TEXT PRIMARY KEY,
@@ -29,6 +31,46 @@ CREATE TABLE IF NOT EXISTS responses (
 ) WITHOUT ROWID
 """
 _CHUNK = 500  # keys per SELECT ... IN (...), under SQLite's variable limit
+SCHEMA_VERSION = 1  # PRAGMA user_version of a cache this code wrote
+
+
+def well_formed(value: Any) -> bool:
+    """Whether a cached value is a completion this code wrote: anything else (a `{}`, a string,
+    negative tokens) is a miss, never an empty answer."""
+    if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+        return False
+    if not (value.get("finish_reason") is None or isinstance(value.get("finish_reason"), str)):
+        return False
+    for k in ("prompt_tokens", "completion_tokens"):
+        v = value.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            return False
+    cost = value.get("cost")
+    return cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0)
+
+
+def _truncated(path: Path) -> str | None:
+    """Why a SQLite file is shorter than its own header says (a truncated copy), or None. SQLite
+    would read such a file as if the cut-off rows had never been written, and pay for them again."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(100)
+    except OSError:
+        return None
+    if size == 0 or len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return None if size == 0 else ("not a SQLite database" if not head.startswith(b"SQLite format 3\x00") else "truncated header")
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages, changes, valid_for = (int.from_bytes(head[i:i + 4], "big") for i in (28, 24, 92))
+    if changes == valid_for and pages and size < page * pages:
+        return f"truncated: {size:,} bytes where its header says {page * pages:,}"
+    return None
+
+
+def _unusable(path: Path, why: str) -> UserError:
+    return UserError(f"the request cache {path} cannot be used ({why}); move it aside (the run directory is untouched and a "
+                     f"new cache starts empty) or pass --cache another file")
 
 
 def _canonical(obj: Any) -> str:
@@ -38,17 +80,60 @@ def _canonical(obj: Any) -> str:
 class RequestCache:
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 60.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.damaged = 0  # reads of values that were not well-formed completions (treated as misses)
+        if self.path.is_dir():
+            raise _unusable(self.path, "it is a directory")
+        if self.path.exists() and not self.path.is_file():
+            raise _unusable(self.path, "it is not a regular file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _unusable(self.path, f"its folder cannot be made: {e.strerror or e}") from None
         self._lock = threading.Lock()
         # isolation_level=None: autocommit, each statement is its own committed transaction
         # unless we open one explicitly (put_many).
-        self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-        with self._lock:
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+            with self._lock:
+                self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._check_and_create()
+        except sqlite3.Error as e:  # not a database, truncated, read-only, no permission
+            raise _unusable(self.path, f"SQLite: {e}") from None
+
+    def _check_and_create(self) -> None:
+        """Integrity and schema on open: a damaged file is one clear error, not a traceback mid-run."""
+        truncated = _truncated(self.path)
+        if truncated:
+            raise sqlite3.DatabaseError(truncated)
+        ok = self._db.execute("PRAGMA quick_check").fetchone()
+        if not ok or ok[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {ok[0] if ok else 'no answer'}")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "responses" in tables:
+            cols = [r[1] for r in self._db.execute("PRAGMA table_info(responses)")]
+            if cols != ["key", "value", "created"]:
+                raise sqlite3.DatabaseError(f"table 'responses' has columns {cols}, not this version's [key, value, created]")
+        elif tables:
+            raise sqlite3.DatabaseError(f"not an orca-recipe request cache (tables: {', '.join(sorted(tables))})")
+        if version not in (0, SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(f"written by a newer orca-recipe (schema {version}; this one reads {SCHEMA_VERSION})")
+        self._db.execute(_SCHEMA)
+        if version == 0:
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _value(self, text: str) -> dict | None:
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            value = None
+        if well_formed(value):
+            return value
+        self.damaged += 1
+        return None
 
     # ---- keys ------------------------------------------------------------------------------
     @staticmethod
@@ -63,7 +148,7 @@ class RequestCache:
     def get(self, key: str) -> dict | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return self._value(row[0]) if row else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict]:
         """The cached values of those `keys` that are present (missing keys are left out)."""
@@ -74,7 +159,9 @@ class RequestCache:
                 chunk = keys[i:i + _CHUNK]
                 marks = ",".join("?" * len(chunk))
                 for k, v in self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
-                    out[k] = json.loads(v)
+                    value = self._value(v)
+                    if value is not None:
+                        out[k] = value
         return out
 
     def __contains__(self, key: str) -> bool:

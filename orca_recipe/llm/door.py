@@ -300,13 +300,44 @@ class LLM:
             req["seed"] = int(params.get("seed", 0))
             return await self._batched(ep, keys, messages, req, usage)  # one batch request with n = n
         if n > 1 and len(missing) == n and ep.supports_n and ep.name not in self._ignores_n and not ep.batch:
-            req = dict(params)
-            req["seed"] = int(params.get("seed", 0))
-            req["n"] = n
-            got = (await self._request(ep, messages, req, usage))[:n]
-            if len(got) < n:
-                self._ignores_n.add(ep.name)  # this server ignores n: separate calls from now on
-            self.cache.put_many((keys[i], self._to_cache(c)) for i, c in enumerate(got))
+            lim = await self._limits_for(ep)
+            flight = "n:" + keys[0]
+            while (pending := lim.inflight.get(flight)) is not None:
+                # The same n-sample request is on its way (generated problems collide): wait, never pay twice.
+                await asyncio.wait({pending})
+                if pending.cancelled():
+                    continue
+                err = pending.exception()
+                if err is not None:
+                    if usage is not None and isinstance(err, LLMError):
+                        usage.failures += 1
+                    raise err
+                found = self.cache.get_many(keys)
+                if usage is not None:
+                    usage.cache_hits += sum(k in found for k in keys)
+                return [self._from_cache(found[k]) if k in found else await self.complete(name, messages, params, sample_index=i, usage=usage)
+                        for i, k in enumerate(keys)]
+            fut: asyncio.Future = asyncio.get_running_loop().create_future()
+            lim.inflight[flight] = fut
+            try:
+                req = dict(params)
+                req["seed"] = int(params.get("seed", 0))
+                req["n"] = n
+                got = (await self._request(ep, messages, req, usage))[:n]
+                if len(got) < n:
+                    self._ignores_n.add(ep.name)  # this server ignores n: separate calls from now on
+                self.cache.put_many((keys[i], self._to_cache(c)) for i, c in enumerate(got))
+                fut.set_result(True)
+            except BaseException as e:
+                if not fut.done():
+                    if isinstance(e, Exception):
+                        fut.set_exception(e)
+                        fut.exception()  # retrieved; waiters still get it
+                    else:
+                        fut.cancel()
+                raise
+            finally:
+                lim.inflight.pop(flight, None)
             for i, c in enumerate(got):
                 results[i] = c
             missing = [i for i in range(n) if results[i] is None]

@@ -414,7 +414,14 @@ class Recipe(Strict):
         a = self.agents[agent]
         return a.sampling.over(self.models[a.model].sampling)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Letters, digits, _ . - (not only dots): runs/NAME is its run directory.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_dots(cls, v: str) -> str:
+        if set(v) == {"."}:
+            raise ValueError(f"name {v!r} would make runs/{v} a folder outside runs/; use letters or digits")
+        return v
     description: str = ""
     extends: str | None = Field(None, description="Base recipe, relative to this file; merged under this one.")
     models: dict[str, ModelEndpoint] = Field(min_length=1)

@@ -1,0 +1,157 @@
+"""Hostile input at run time: output paths of the wrong kind, a damaged request cache, two runs
+on one run directory, the same request twice at once. Against the loopback fake endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _cli import REPO, run_cli
+from fake_openai import FakeOpenAI, fake_recipe
+
+from orca_recipe.errors import UserError
+from orca_recipe.llm.cache import RequestCache, well_formed
+from orca_recipe.llm.door import LLM, Endpoint, Usage
+
+SMALL = {"seeds": {"limit": 3, "path": str(REPO / "data" / "gsm8k" / "train.jsonl"), "holdout": None}, "evolve": None,
+         "ask_me_anything": {"limit": 2}, "solve": {"inputs": ["ask_me_anything"]}}
+
+
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-800:], proc.stderr[-800:])
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: "), proc.stderr[-800:]
+    return proc.stderr
+
+
+def test_output_paths_of_the_wrong_kind(tmp_path):
+    with FakeOpenAI() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        a_file = tmp_path / "a-file"
+        a_file.write_text("not a folder")
+        assert "exists and is not a directory" in one_error(run_cli("run", recipe, "--run-dir", a_file))
+        assert "is a file, not a directory" in one_error(run_cli("run", recipe, "--run-dir", a_file / "under"))
+        assert "is a directory" in one_error(run_cli("run", recipe, "--run-dir", tmp_path / "run", "--cache", tmp_path))
+        assert "is not a directory" in one_error(run_cli("run", recipe, "--run-dir", tmp_path / "run", "--cache", a_file / "c.sqlite"))
+        if os.geteuid() != 0:  # root may write anywhere
+            locked = tmp_path / "locked"
+            locked.mkdir(mode=0o500)
+            assert "not writable" in one_error(run_cli("run", recipe, "--run-dir", locked / "run"))
+        assert "--until needs a stage name" in one_error(run_cli("run", recipe, "--run-dir", tmp_path / "run", "--until", ""))
+        assert "no stage named 'sovle'" in one_error(run_cli("run", recipe, "--run-dir", tmp_path / "run", "--until", "sovle"))
+        assert fake.requests_by_prompt_seed.total() == 0  # nothing was sent
+        dots = fake_recipe(tmp_path / "dots.yaml", fake.api_base, name="..", **SMALL)
+        assert "would make runs/.. a folder outside runs/" in one_error(run_cli("validate", dots))
+
+
+def _damage(path: Path, how: str, rng: random.Random) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: rng.randint(1, max(1, len(data) - 1))]))
+    elif how == "garbage":
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
+    elif how == "flip":
+        for _ in range(64):
+            data[rng.randrange(100, len(data))] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "text":
+        path.write_text("this is not a database\n")
+    elif how == "wrong_schema":
+        path.unlink()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE other (x)")
+        db.commit()
+        db.close()
+    elif how == "wrong_columns":
+        path.unlink()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE responses (key TEXT, blob BLOB)")
+        db.commit()
+        db.close()
+    elif how == "future_version":
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA user_version=99")
+        db.commit()
+        db.close()
+
+
+@pytest.mark.parametrize("how", ["truncate", "garbage", "flip", "text", "wrong_schema", "wrong_columns", "future_version"])
+def test_a_damaged_cache_is_one_error_and_nothing_in_the_run_is_lost(tmp_path, how):
+    with FakeOpenAI() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        run = tmp_path / "run"
+        first = run_cli("run", recipe, "--run-dir", run)
+        assert first.returncode == 0, first.stderr[-1000:]
+        cache = run / "requests.sqlite"
+        subprocess.run([sys.executable, "-c", f"import sqlite3; d=sqlite3.connect({str(cache)!r}); d.execute('PRAGMA wal_checkpoint(TRUNCATE)'); d.close()"],
+                       check=True)
+        before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "requests.sqlite" not in p.name}
+        _damage(cache, how, random.Random(how))
+        for p in run.glob("requests.sqlite-*"):
+            p.unlink()
+        sent = fake.requests_by_prompt_seed.total()
+        out = run_cli("run", recipe, "--run-dir", run, "--set", "ask_me_anything.questions_per_seed=3")  # a stage must run again
+        if out.returncode == 0 and how == "flip":  # bytes flipped in free pages: SQLite may still read it whole
+            return
+        msg = one_error(out)
+        assert "cannot be used" in msg and str(cache) in msg and "--cache another file" in msg
+        assert fake.requests_by_prompt_seed.total() == sent  # nothing paid with a cache that cannot record it
+        after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "requests.sqlite" not in p.name}
+        assert {k: v for k, v in after.items() if k.name not in ("plan.json", "recipe.yaml")} == \
+               {k: v for k, v in before.items() if k.name not in ("plan.json", "recipe.yaml")}
+
+
+@pytest.mark.parametrize("value", ["{}", "[]", '"text"', "null", "12", '{"text": 5}', '{"text": "a", "prompt_tokens": -3}',
+                                   '{"text": "a", "cost": -1.0}', '{"text": "a", "finish_reason": []}', "{not json", '{"text": "ok"}'])
+def test_a_cached_value_that_is_not_a_completion_is_a_miss(tmp_path, value):
+    cache = RequestCache(tmp_path / "c.sqlite")
+    cache._db.execute("INSERT INTO responses VALUES (?, ?, 0)", ("k", value))
+    good = value == '{"text": "ok"}'
+    assert (cache.get("k") is not None) is good and ("k" in cache.get_many(["k"])) is good
+    assert cache.damaged == (0 if good else 2)
+    assert well_formed({"text": "", "finish_reason": "length", "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
+
+
+def test_two_runs_on_one_run_directory_never_pay_twice(tmp_path):
+    with FakeOpenAI(latency=0.3) as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        run = tmp_path / "run"
+        args = [sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run)]
+        env = dict(os.environ, NO_COLOR="1")
+        a = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        b = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        outs = [p.communicate(timeout=180) for p in (a, b)]
+        codes = sorted([a.returncode, b.returncode])
+        assert codes == [0, 2], outs
+        refused = next(err for (o, err), p in zip(outs, (a, b)) if p.returncode == 2)
+        assert "another run (pid" in refused and "Traceback" not in refused
+        per_request = fake.requests_by_prompt_seed
+        assert per_request and max(per_request.values()) == 1  # every request paid once
+        again = run_cli("run", recipe, "--run-dir", run)  # the lock went with its holder
+        assert again.returncode == 0 and max(fake.requests_by_prompt_seed.values()) == 1
+
+
+def test_the_same_request_twice_at_once_is_sent_once(tmp_path):
+    with FakeOpenAI(latency=0.3) as fake:
+        ep = Endpoint(name="t", litellm_model="openai/fake", identity="t", api_base=fake.api_base, concurrency=8)
+        llm = LLM({"t": ep}, RequestCache(tmp_path / "c.sqlite"))
+        msgs = [{"role": "user", "content": "A generated problem that two seeds both produced."}]
+
+        async def go():
+            usage = Usage()
+            got = await asyncio.gather(*(llm.complete_n("t", msgs, {"temperature": 0.7}, 4, usage=usage) for _ in range(3)),
+                                       *(llm.complete("t", msgs, {"temperature": 0.2}, usage=usage) for _ in range(3)))
+            await llm.aclose()
+            return got, usage
+
+        got, usage = asyncio.run(go())
+        assert [c.text for c in got[0]] == [c.text for c in got[1]] == [c.text for c in got[2]]
+        assert len({c.text for c in got[3:]}) == 1
+        assert sum(fake.requests_by_prompt_seed.values()) == 2  # one n=4 call and one single call
+        assert usage.cache_hits == 2 * 4 + 2
