@@ -141,6 +141,7 @@ class FakeOpenAI:
         require_key: str | None = None,
         models: Iterable[str] | None = None,
         echo_key: bool = False,
+        usage_override: dict | None = None,
         host: str = "127.0.0.1",
         responder=reply_text,
     ):
@@ -161,6 +162,7 @@ class FakeOpenAI:
         self.require_key = require_key
         self.models = list(models) if models is not None else None
         self.echo_key = echo_key
+        self.usage_override = usage_override  # replaces the reply's usage (negative, absurd, wrong types)
         self.host = host
         self.responder = responder  # (last user message, seed, choice index) -> reply text
 
@@ -386,8 +388,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {
                 "id": "chatcmpl-" + body_key[:16], "object": "chat.completion", "created": int(time.time()),
                 "model": model, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
+                "usage": st.usage_override if st.usage_override is not None else {
+                    "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens},
             })
         except (BrokenPipeError, ConnectionResetError):
             with st._lock:

@@ -155,3 +155,36 @@ def test_the_same_request_twice_at_once_is_sent_once(tmp_path):
         assert len({c.text for c in got[3:]}) == 1
         assert sum(fake.requests_by_prompt_seed.values()) == 2  # one n=4 call and one single call
         assert usage.cache_hits == 2 * 4 + 2
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -500, "completion_tokens": -7}, {"prompt_tokens": 1e30, "completion_tokens": "9"},
+                                   {"prompt_tokens": True, "completion_tokens": None}, {"prompt_tokens": 2.5, "completion_tokens": [3]}])
+def test_usage_an_endpoint_reports_is_validated(tmp_path, usage):
+    with FakeOpenAI(usage_override=usage) as fake:
+        ep = Endpoint(name="t", litellm_model="openai/fake", identity="t", api_base=fake.api_base, price=(1e-6, 2e-6))
+        llm = LLM({"t": ep}, RequestCache(tmp_path / "c.sqlite"))
+
+        async def go():
+            u = Usage()
+            c = await llm.complete("t", [{"role": "user", "content": "what is 2 + 2?"}], {"temperature": 0}, usage=u)
+            await llm.aclose()
+            return c, u
+
+        c, u = asyncio.run(go())
+        assert 0 <= c.prompt_tokens < 10**6 and 0 <= c.completion_tokens < 10**6  # unknown: estimated from the text
+        assert u.prompt_tokens >= 0 and u.completion_tokens >= 0 and u.cost is not None and 0 <= u.cost < 1
+
+
+def test_a_key_echoed_by_an_endpoint_is_never_written(tmp_path, monkeypatch):
+    secret = "sk-test-" + "q" * 32
+    monkeypatch.setenv("ORCA_TEST_KEY", secret)
+    with FakeOpenAI(responder=lambda last, seed, i: f"Sure! Your key is {secret}; as Bearer {secret}.") as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, endpoint={"api_key_env": "ORCA_TEST_KEY"}, **SMALL)
+        run = tmp_path / "run"
+        proc = run_cli("run", recipe, "--run-dir", run, env={"ORCA_TEST_KEY": secret})
+        assert proc.returncode in (0, 2), proc.stderr[-1000:]
+        assert fake.ok_requests > 0
+        for p in run.rglob("*"):
+            if p.is_file():
+                assert secret.encode() not in p.read_bytes(), p
+        assert secret not in proc.stdout + proc.stderr

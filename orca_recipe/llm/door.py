@@ -32,7 +32,7 @@ from orca_recipe.llm.accounting import Completion, Usage, split_reply
 from orca_recipe.llm.batch import BatchClient, read_key
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
-from orca_recipe.llm.errors import AUTH, CONFIG, NOTFOUND, QUOTA, EndpointError, Failure, LLMError, scrub
+from orca_recipe.llm.errors import AUTH, CONFIG, NOTFOUND, QUOTA, EndpointError, Failure, LLMError, process_secrets, scrub
 from orca_recipe.llm.limits import Backoff, Limits, send_with_retries
 from orca_recipe.llm.preflight import missing_key_message, problem
 from orca_recipe.prices import known_price
@@ -109,8 +109,7 @@ class LLM:
             raise ValueError(f"unknown endpoint {name!r}; known: {sorted(self.endpoints)}") from None
 
     def scrub(self, text: str) -> str:
-        secrets = [os.environ.get(ep.api_key_env, "") for ep in self.endpoints.values() if ep.api_key_env]
-        return scrub(text, secrets)
+        return scrub(text, process_secrets([ep.api_key_env for ep in self.endpoints.values() if ep.api_key_env]))
 
     def _api_key(self, ep: Endpoint) -> str | None:
         if ep.api_key_env:
@@ -180,6 +179,9 @@ class LLM:
         self._ever_ok.add(ep.name)
         price = ep.price if ep.price is not None else known_price(ep.litellm_model)
         completions, pt, ct, cost = split_reply(reply, messages, price)
+        secrets = process_secrets([e.api_key_env for e in self.endpoints.values() if e.api_key_env])
+        if secrets:  # an endpoint that echoes a key into its reply: the key never reaches the cache or a dataset
+            completions = [dataclasses.replace(c, text=scrub(c.text, secrets)) for c in completions]
         if usage is not None:
             usage.requests += 1
             usage.prompt_tokens += pt

@@ -9,6 +9,7 @@ The door then raises `LLMError` (this request failed for good: a failures row) o
 from __future__ import annotations
 
 import email.utils
+import os
 import re
 import time
 from typing import Mapping
@@ -114,6 +115,17 @@ def server_words(body: str, limit: int = 200) -> str:
 # ---- secrets ----------------------------------------------------------------------------------
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+")
 _SK = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")
+
+
+_SECRET_NAME = re.compile(r"(?i)(api_?key|token|secret|password|passwd|credential)")
+
+
+def process_secrets(names: list[str] | None = None) -> list[str]:
+    """Every secret value this process holds: the variables `names` (a recipe's api_key_env) and
+    any variable whose name says it is one (OPENAI_API_KEY, HF_TOKEN, ...), longest first."""
+    found = {os.environ.get(n, "") for n in names or []}
+    found |= {v for k, v in os.environ.items() if _SECRET_NAME.search(k)}
+    return sorted((v for v in found if len(v) >= 8), key=len, reverse=True)
 
 
 def scrub(text: str, secrets: list[str]) -> str:

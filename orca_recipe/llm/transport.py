@@ -55,9 +55,18 @@ def read_choices(choices: Any) -> tuple[list[str], list[str | None]]:
     return texts, reasons
 
 
+MAX_TOKENS_REPORTED = 10**9  # one reply's tokens: a larger count is a server's bug, not usage
+
+
 def token_count(v: Any) -> int | None:
-    """A usage count as the server sent it; None when it sent none (or not a number)."""
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A usage count as the server sent it, if it is a sane one: a non-negative whole number
+    below MAX_TOKENS_REPORTED; None (unknown, then estimated) for anything else, so a negative
+    or absurd count never turns into negative or absurd cost."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and (v != v or not v.is_integer()):
+        return None
+    return int(v) if 0 <= v < MAX_TOKENS_REPORTED else None
 
 
 # ---------------------------------------------------------------------------------------------
