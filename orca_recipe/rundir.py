@@ -57,11 +57,14 @@ def hold(run_dir: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        try:
-            who = json.loads(owner.read_text())
-            held = f"pid {who.get('pid')} since {time.strftime('%H:%M:%S', time.localtime(who.get('since', 0)))}"
-        except (OSError, ValueError, AttributeError):
-            held = "another process"
+        held = "another process"
+        for _ in range(20):  # the holder writes its name just after it takes the lock
+            try:
+                who = json.loads(owner.read_text())
+                held = f"pid {who.get('pid')} since {time.strftime('%H:%M:%S', time.localtime(who.get('since', 0)))}"
+                break
+            except (OSError, ValueError, AttributeError):
+                time.sleep(0.05)
         raise UserError(f"another run ({held}) is using {run_dir}; wait for it to finish, or pass another --run-dir") from None
     try:
         owner.write_text(json.dumps({"pid": os.getpid(), "since": time.time()}))
