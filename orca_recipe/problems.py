@@ -287,13 +287,14 @@ def _take(src: Records, path: str, limit: int | None, question_field: str, answe
     if shuffle:
         random.Random(seed).shuffle(order)
     out = Problems(rows=[], records=len(src))
-    field_seen = False
+    field_seen = answer_seen = False
     for i in order:
         if limit is not None and len(out.rows) >= limit:
             break
         line, rec = src.get(i)
         out.read += 1
         field_seen = field_seen or (isinstance(rec, dict) and question_field in rec)
+        answer_seen = answer_seen or (isinstance(rec, dict) and bool(answer_field) and answer_field in rec)
         ok, reason = _check(rec, question_field, answer_field, answer_format, need_gold)
         if ok is None:
             out.rejects.append({"id": f"{prefix}-{i}", "source_index": i, "source_line": line, "reason": f"{reason} ({path}:{line})"})
@@ -303,6 +304,12 @@ def _take(src: Records, path: str, limit: int | None, question_field: str, answe
             out.held_out += 1
         else:
             out.rows.append({"id": f"{prefix}-{i}", **ok, "source_index": i, "source_line": line})
+    if out.rows:
+        got, answered = gold_share(out.rows)
+        first = next((r["answer"] for r in out.rows if r["answer"].strip()), "")
+        fields = next((list(rec) for _, rec in (src.get(j) for j in range(min(len(src), 50))) if isinstance(rec, dict)), [])
+        _check_answers(answer_field, answer_format, path, key, answer_seen=answer_seen, answered=answered, gold=got,
+                       first_answer=first, fields=fields)
     if not out.rows:
         if not field_seen:  # the recipe names the wrong field
             fields = next((list(rec) for _, rec in (src.get(j) for j in range(min(len(src), 50))) if isinstance(rec, dict)), [])
@@ -316,22 +323,63 @@ def _take(src: Records, path: str, limit: int | None, question_field: str, answe
     return out
 
 
+MIN_GOLD_SHARE = 0.5  # below this share of answers parsing as `answer_format`, a warning
+
+
+def _check_answers(answer_field: str | None, answer_format: str, path: str, key: str, *, answer_seen: bool, answered: int,
+                   gold: int, first_answer: str, fields: list[str]) -> None:
+    """An answer column no row has, or an answer format that matches no answer, is a recipe
+    mistake that would silently leave every problem without gold: one error, not a quiet run."""
+    section = key.rsplit(".", 1)[0]
+    if not answer_field:
+        return
+    if not answer_seen:
+        raise UserError(f"no row of {path} has a field '{answer_field}'; set it to your answer column, or to null for problems "
+                        f"without answers (fields: {', '.join(map(str, fields)) or 'none'})", key=f"{section}.answer_field")
+    if answer_format == "gsm8k" and answered and not gold:
+        raise UserError(f"answer_format gsm8k expects answers ending in '#### N', but none of the {answered} answers in {path} do "
+                        f"(first: {first_answer[:60]!r}); set answer_format: plain", key=f"{section}.answer_format")
+
+
+def gold_share(rows: list[Row]) -> tuple[int, int]:
+    """(answers that parsed to a gold answer, answers given) among kept rows."""
+    answered = [r for r in rows if r["answer"].strip()]
+    return sum(r["gold"] is not None for r in answered), len(answered)
+
+
 def count_problems(path: str, fmt: str, question_field: str, answer_field: str | None, answer_format: str,
-                   max_steps: int | None, *, key: str, need_gold: bool = False, held_out: frozenset[str] = frozenset()) -> int | None:
+                   max_steps: int | None, *, key: str, need_gold: bool = False, held_out: frozenset[str] = frozenset(),
+                   warnings: list[str] | None = None) -> int | None:
     """Usable rows within `max_steps` (for `plan`'s call counts), None while the file is missing.
-    One pass in file order, nothing kept; a malformed file fails here, at `validate`, with the
-    same file:line as at `run`."""
+    One pass in file order, nothing kept; a malformed file, an answer column no row has or an
+    answer format no answer matches fails here, at `validate`, with the same message as at
+    `run`; an answer format few answers match is a warning (appended to `warnings`)."""
     if not Path(path).exists():
         if Path(path).is_symlink() and _is_loop(Path(path)):
             check_regular(path, "data", key=key)  # a loop of links: one error now, not at run time
         return None
-    n = 0
+    n = gold = answered = 0
+    answer_seen = False
+    first_answer, fields = "", []
     for _, rec in Records(path, fmt, key=key).scan():
+        if not fields and isinstance(rec, dict):
+            fields = list(rec)
+        answer_seen = answer_seen or (isinstance(rec, dict) and bool(answer_field) and answer_field in rec)
         ok, _ = _check(rec, question_field, answer_field, answer_format, need_gold)
         if ok is not None and not (max_steps is not None and answer_field and solution_steps(ok["answer"], answer_format) > max_steps) \
                 and not (held_out and question_key(ok["question"]) in held_out):
             n += 1
+            if ok["answer"].strip():
+                answered += 1
+                gold += ok["gold"] is not None
+                first_answer = first_answer or ok["answer"]
     if n == 0:
         load_problems(path, fmt, question_field, answer_field, answer_format, limit=None, shuffle=False, seed=0,
                       prefix="count", key=key, max_steps=max_steps, need_gold=need_gold, held_out=held_out)  # raises the precise error
+    if n:
+        _check_answers(answer_field, answer_format, path, key, answer_seen=answer_seen, answered=answered, gold=gold,
+                       first_answer=first_answer, fields=fields)
+    if warnings is not None and answered and gold < MIN_GOLD_SHARE * answered:
+        warnings.append(f"{key.rsplit('.', 1)[0]}.answer_format {answer_format}: only {gold} of {answered} answers in {path} parse to a "
+                        f"gold answer; the others get none (no gold rule, no gold judge for them)")
     return n

@@ -160,6 +160,7 @@ class Runner:
                     todo = [s for s in stages[i:] if not self.is_done(s)]
                     self.release_servers(next_llm_stage(todo) if self.pool.on_cpu else until_training(todo))
                     outcomes.append(self.run_stage(stage))
+                    self.stop_if_empty(stage, outcomes[-1], stages[i + 1:])
                 if any(s.kind == "eval" for s in stages):
                     from orca_recipe.report import write_report
 
@@ -222,6 +223,37 @@ class Runner:
             extra = f", {len(result.rejects)} rejected, {len(result.failures)} failed" if (result.rejects or result.failures) else ""
             self.console.print(f"[green]✓[/] {stage.name}: {len(result.rows)} rows{extra} in {seconds:.1f} s")
         return StageOutcome(stage.name, "ran", seconds, len(result.rows), usage.requests, usage.cache_hits)
+
+    def stop_if_empty(self, stage: StageRun, outcome: StageOutcome, later: list[StageRun]) -> None:
+        """A stage that produced no rows stops the run there (exit 2), with why its rows went,
+        when a later stage reads only empty datasets because of it: running on would fail
+        minutes later, or score nothing as green."""
+        if outcome.rows or stage.kind in ("sft", "train_preference", "eval"):
+            return
+
+        def rows_of(name: str) -> int | None:  # None: not run yet (it may still bring rows)
+            m = read_manifest(self.run_dir / name)
+            return int(m.get("rows") or 0) if m and m.get("complete") else None
+
+        data_kinds = {s.name: s.kind for s in self.plan.stages}
+        readers = [s.name for s in later if stage.name in s.inputs
+                   and all(rows_of(i) == 0 for i in s.inputs if data_kinds.get(i) not in ("sft", "train_preference"))]
+        if not readers:
+            return
+        out_dir = self.run_dir / stage.name
+        reasons: dict[str, int] = {}
+        for name in ("rejects.jsonl", "failures.jsonl"):
+            path = out_dir / name
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        why = str(json.loads(line).get("reason", "?")).split(" (")[0][:120]
+                    except (ValueError, AttributeError):
+                        continue
+                    reasons[why] = reasons.get(why, 0) + 1
+        top = "; ".join(f"{n}x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3]) or "no rows came in"
+        raise UserError(f"{stage.name} produced 0 rows, and {', '.join(readers)} need{'s' if len(readers) == 1 else ''} them: {top} "
+                        f"(see {out_dir / 'rejects.jsonl'} and failures.jsonl); stopped here")
 
     @staticmethod
     def _claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:

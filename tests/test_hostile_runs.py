@@ -188,3 +188,31 @@ def test_a_key_echoed_by_an_endpoint_is_never_written(tmp_path, monkeypatch):
             if p.is_file():
                 assert secret.encode() not in p.read_bytes(), p
         assert secret not in proc.stdout + proc.stderr
+
+
+def test_a_users_own_csv_with_the_wrong_answer_column_or_format(tmp_path):
+    own = tmp_path / "own.csv"
+    own.write_text("q,a\n" + "".join(f"What is {i} + {i}?,{2 * i}\n" for i in range(10)))
+    base = ["--set", f"seeds.path={own}", "--set", "seeds.question_field=q", "--set", "seeds.holdout=null",
+            "--set", "seeds.max_solution_steps=null", "--set", "solve.gold_solutions=false"]
+    wrong_column = run_cli("validate", REPO / "recipes" / "tiny.yaml", *base, "--set", "seeds.answer_field=answer")
+    assert "seeds.answer_field: no row of" in one_error(wrong_column) and "fields: q, a" in wrong_column.stderr
+    wrong_format = run_cli("validate", REPO / "recipes" / "tiny.yaml", *base, "--set", "seeds.answer_field=a")
+    assert "seeds.answer_format: answer_format gsm8k expects" in one_error(wrong_format) and "none of the 10 answers" in wrong_format.stderr
+    ok = run_cli("validate", REPO / "recipes" / "tiny.yaml", *base, "--set", "seeds.answer_field=a", "--set", "seeds.answer_format=plain")
+    assert ok.returncode == 0 and "warning" not in ok.stderr
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}" if i < 2 else str(i)}) + "\n" for i in range(10)))
+    few = run_cli("validate", REPO / "recipes" / "tiny.yaml", "--set", f"seeds.path={mixed}", "--set", "seeds.holdout=null",
+                  "--set", "seeds.max_solution_steps=null")
+    assert few.returncode == 0 and "only 2 of 10 answers" in " ".join(few.stderr.split())
+
+
+def test_a_stage_that_ends_with_no_rows_stops_the_run_there(tmp_path):
+    with FakeOpenAI(fault="400") as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        msg = one_error(run_cli("run", recipe, "--run-dir", tmp_path / "run"))
+        assert "ask_me_anything produced 0 rows, and solve needs them: 2x " in msg  # with the reasons
+        assert not (tmp_path / "run" / "solve").exists()
+        m = json.loads((tmp_path / "run" / "ask_me_anything" / "manifest.json").read_text())
+        assert m["rows"] == 0 and m["failures"] + m["rejects"] == 2  # written and accounted for, nothing lost

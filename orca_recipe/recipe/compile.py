@@ -299,7 +299,8 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     # Seeds ------------------------------------------------------------------
     seeds = recipe.seeds
     file_rows = count_problems(seeds.path, seeds.format, seeds.question_field, seeds.answer_field, seeds.answer_format,
-                               seeds.max_solution_steps, key="seeds.path", held_out=held_out_questions(seeds.holdout, key="seeds.holdout"))
+                               seeds.max_solution_steps, key="seeds.path", held_out=held_out_questions(seeds.holdout, key="seeds.holdout"),
+                               warnings=warnings)
     if not Path(seeds.path).exists():
         warnings.append(f"seeds.path {seeds.path} does not exist yet; `run` will need it")
     seed_rows = _limited(file_rows, seeds.limit)
@@ -347,7 +348,7 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
         ev_cfg = recipe.eval.model_dump(exclude={"path"}) | {"data": content_id(recipe.eval.path)}
         ev = recipe.eval
         n_eval = _limited(count_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format, ev.max_solution_steps,
-                                         key="eval.path", need_gold=True), ev.limit)
+                                         key="eval.path", need_gold=True, warnings=warnings), ev.limit)
         if not Path(recipe.eval.path).exists():
             warnings.append(f"eval.path {recipe.eval.path} does not exist yet; `run` will need it")
 
