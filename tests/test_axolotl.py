@@ -162,3 +162,17 @@ def test_lora_sft_trains_an_adapter_and_merges_it_for_serving(tmp_path, embedded
     assert set(new) == set(base)
     changed = [k for k in base if base[k].shape == new[k].shape and (base[k] != new[k]).any()]
     assert changed and all(k.endswith("proj.weight") for k in changed), changed[:5]
+
+
+def test_the_shipped_axolotl_key_list_is_the_installed_axolotls():
+    """orca_recipe/train/axolotl_keys.txt (read by validate) against Axolotl's own schema."""
+    import subprocess
+
+    from orca_recipe.recipe.schema import Launcher
+    from orca_recipe.train.axolotl_keys import axolotl_keys
+    from orca_recipe.train.launch import axolotl_bin, train_env
+
+    python = axolotl_bin(Launcher()).parent / "python"
+    out = subprocess.run([str(python), "-c", "from orca_recipe.train.axolotl_keys import schema_keys; print('\\n'.join(schema_keys()))"],
+                         capture_output=True, text=True, timeout=300, env=train_env(Launcher()) | {"PYTHONPATH": str(REPO)}, check=True)
+    assert set(out.stdout.split()) == axolotl_keys()

@@ -216,3 +216,12 @@ def test_a_stage_that_ends_with_no_rows_stops_the_run_there(tmp_path):
         assert not (tmp_path / "run" / "solve").exists()
         m = json.loads((tmp_path / "run" / "ask_me_anything" / "manifest.json").read_text())
         assert m["rows"] == 0 and m["failures"] + m["rejects"] == 2  # written and accounted for, nothing lost
+
+
+@pytest.mark.parametrize("typo, hint", [("learning_rte", "learning_rate"), ("micro_batchsize", "micro_batch_size"),
+                                        ("gradient_checkpoint", "gradient_checkpointing"), ("zzz_not_a_key", None)])
+def test_typos_inside_an_axolotl_block_are_refused(typo, hint):
+    proc = run_cli("validate", REPO / "recipes" / "tiny.yaml", "--set", f"training.sft.axolotl.{typo}=3")
+    msg = one_error(proc)
+    assert f"unknown Axolotl key '{typo}'" in msg and "training.sft.axolotl" in msg
+    assert (f"did you mean '{hint}'" in msg) if hint else "did you mean" not in msg

@@ -262,6 +262,21 @@ class AxolotlOptions(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _known_keys(self) -> "AxolotlOptions":
+        """A key Axolotl does not know is a typo that would be dropped silently (Axolotl ignores it)."""
+        import difflib
+
+        from orca_recipe.train.axolotl_keys import axolotl_keys
+
+        known = axolotl_keys()
+        for key in self.model_extra or {}:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown Axolotl key '{key}'{hint} (Axolotl 0.19.0's schema has no such key; it would be ignored)")
+        return self
+
+    @model_validator(mode="after")
     def _adapter_keys(self) -> "AxolotlOptions":
         lora = [k for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear") if getattr(self, k) is not None]
         if lora and self.adapter is None:
