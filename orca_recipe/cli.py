@@ -275,13 +275,16 @@ def publish(
 
 
 def main() -> None:
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # no task noise when a run is interrupted
     try:
         app(standalone_mode=True)
     except UserError as e:
         err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print("interrupted: finished work is kept; run again to resume")
         sys.exit(130)
 
 

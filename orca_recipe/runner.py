@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -404,12 +405,20 @@ def next_llm_stage(todo: list[StageRun]) -> list[StageRun]:
     return []
 
 
+TERMINATED = False  # set once SIGTERM asked the run to stop
+
+
 @contextmanager
 def _sigterm_as_exit() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so local servers are stopped and nothing is orphaned."""
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        global TERMINATED
+        if TERMINATED:
+            return  # a second SIGTERM while unwinding: the first one is already stopping the run
+        TERMINATED = True
+        sys.stderr.write("terminated (SIGTERM): finished work is kept; run again to resume\n")
+        raise SystemExit(143)  # unwinds like Ctrl-C (servers stopped, caches closed); 128 + SIGTERM
 
     try:
         old = signal.signal(signal.SIGTERM, handler)

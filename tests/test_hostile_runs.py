@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _cli import REPO, run_cli
-from fake_openai import FakeOpenAI, fake_recipe
+from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply
 
 from orca_recipe.errors import UserError
 from orca_recipe.llm.cache import RequestCache, well_formed
@@ -24,6 +25,11 @@ SMALL = {"seeds": {"limit": 3, "path": str(REPO / "data" / "gsm8k" / "train.json
          "ask_me_anything": {"limit": 2}, "solve": {"inputs": ["ask_me_anything"]}}
 
 
+def pipeline(**kw) -> FakeOpenAI:
+    """The fake endpoint answering as the pipeline's agents would (parseable questions and solutions)."""
+    return FakeOpenAI(responder=pipeline_reply, **kw)
+
+
 def one_error(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-800:], proc.stderr[-800:])
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: "), proc.stderr[-800:]
@@ -31,7 +37,7 @@ def one_error(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_output_paths_of_the_wrong_kind(tmp_path):
-    with FakeOpenAI() as fake:
+    with pipeline() as fake:
         recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
         a_file = tmp_path / "a-file"
         a_file.write_text("not a folder")
@@ -83,7 +89,7 @@ def _damage(path: Path, how: str, rng: random.Random) -> None:
 
 @pytest.mark.parametrize("how", ["truncate", "garbage", "flip", "text", "wrong_schema", "wrong_columns", "future_version"])
 def test_a_damaged_cache_is_one_error_and_nothing_in_the_run_is_lost(tmp_path, how):
-    with FakeOpenAI() as fake:
+    with pipeline() as fake:
         recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
         run = tmp_path / "run"
         first = run_cli("run", recipe, "--run-dir", run)
@@ -119,7 +125,7 @@ def test_a_cached_value_that_is_not_a_completion_is_a_miss(tmp_path, value):
 
 
 def test_two_runs_on_one_run_directory_never_pay_twice(tmp_path):
-    with FakeOpenAI(latency=0.3) as fake:
+    with pipeline(latency=0.3) as fake:
         recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
         run = tmp_path / "run"
         args = [sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run)]
@@ -225,3 +231,26 @@ def test_typos_inside_an_axolotl_block_are_refused(typo, hint):
     msg = one_error(proc)
     assert f"unknown Axolotl key '{typo}'" in msg and "training.sft.axolotl" in msg
     assert (f"did you mean '{hint}'" in msg) if hint else "did you mean" not in msg
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_stop_a_run_quietly_with_nothing_lost(tmp_path, sig, code):
+    import time
+
+    with pipeline(latency=2.0) as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        args = [sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(tmp_path / "run")]
+        proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, NO_COLOR="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while fake.total_requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        for noise in ("Traceback", "CancelledError", "Task was destroyed", "Task exception", "KeyboardInterrupt"):
+            assert noise not in err, err
+        assert not (tmp_path / "run" / "seeds" / "stage.json").exists() or (tmp_path / "run" / "seeds" / "manifest.json").exists()
+        again = run_cli("run", recipe, "--run-dir", tmp_path / "run")
+        assert again.returncode == 0, again.stderr[-800:]
+        assert max(fake.delivered_by_prompt_seed().values()) == 1  # every answer the client received, received once
