@@ -221,8 +221,15 @@ def test_a_sick_endpoint_run_ends_by_itself_and_a_healthy_rerun_completes_it(tmp
         recipe = fake_recipe(tmp_path / "sick.yaml", srv.api_base, name="sick",
                              endpoint={"concurrency": 8, "timeout_s": 1.0, "max_retries": 2, "max_backoff_s": 1.0},
                              seeds={"limit": 12}, evolve={"limit": 12})
-        seeds = [json.loads(line)["question"] for line in (REPO / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()[:400]]
-        srv.always_fail = "Natalia"  # the first GSM8K train problem mentions her; whichever prompt quotes it fails
+        from orca_recipe.problems import held_out_questions, load_problems
+        from orca_recipe.recipe.compile import compile_file
+
+        sd = compile_file(recipe).recipe.seeds  # the seeds this run takes, as the seeds stage takes them
+        chosen = load_problems(sd.path, sd.format, sd.question_field, sd.answer_field, sd.answer_format, limit=sd.limit, shuffle=sd.shuffle,
+                               seed=sd.seed, prefix="seed", key="seeds.path", max_steps=sd.max_solution_steps,
+                               held_out=held_out_questions(sd.holdout, key="seeds.holdout")).rows
+        poisoned = chosen[0]
+        srv.always_fail = poisoned["question"][:60]  # every prompt quoting this seed gets 500, whatever the retries
         run_dir = tmp_path / "run"
         proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "filter"],
                                 cwd=REPO, env=dict(os.environ, COLUMNS="150"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -241,7 +248,8 @@ def test_a_sick_endpoint_run_ends_by_itself_and_a_healthy_rerun_completes_it(tmp
         assert sum(m["failures"] for m in first.values()) > 0  # it gave up on some, with reasons
         for name, m in first.items():
             assert all(f["reason"] for f in read(run_dir, name, "failures.jsonl")), name
-        assert seeds  # the data the prompts came from is in the repo
+        ama_failed = {f["id"] for f in read(run_dir, "ask_me_anything", "failures.jsonl")}
+        assert poisoned["id"] in ama_failed, (poisoned["id"], ama_failed)  # the prompt that always fails is a failure row
 
         srv.fault_rate, srv.always_fail = 0.0, None  # healthy again
         delivered = Counter(srv.ok_by_prompt_seed)

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.axolotl]
 SMALL = [
     "seeds.limit=6", "ask_me_anything.limit=3", "evolve.limit=2", "evolve.rounds=1", "practice.problems=4",
     "practice.samples_per_problem=2", "eval.limit=12", "training.sft.axolotl.max_steps=4", "training.preference.axolotl.max_steps=4",
+    "training.checkpoint_every_steps=2",
 ]
 
 
@@ -49,14 +50,15 @@ def test_tiny_recipe_end_to_end_with_kill_and_resume(tmp_path):
     env = dict(os.environ, COLUMNS="120", HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True")
     proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", *cli_args(run_dir)], cwd=REPO, env=env,
                             stdout=(tmp_path / "first.log").open("w"), stderr=subprocess.STDOUT)
-    log = run_dir / "train_2" / "train.log"
+    checkpoint = run_dir / "train_2" / "output" / "checkpoint-2"
     deadline = time.time() + 1500
     while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and "Starting trainer" in log.read_text(errors="replace"):
+        if (checkpoint / "trainer_state.json").is_file():
             break
-        time.sleep(1)
-    assert proc.poll() is None, "the run ended before iteration 2 trained:\n" + (tmp_path / "first.log").read_text()[-3000:]
-    proc.send_signal(signal.SIGKILL)  # mid-KTO: no clean-up code runs
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before iteration 2 saved a checkpoint:\n" + (tmp_path / "first.log").read_text()[-3000:]
+    time.sleep(1.0)  # the checkpoint's last files land
+    proc.send_signal(signal.SIGKILL)  # mid-KTO, after its step-2 checkpoint: no clean-up code runs
     proc.wait()
     time.sleep(5)
     assert processes_mentioning(str(run_dir)) == []  # the trainer and the checkpoint server died with it
@@ -66,6 +68,8 @@ def test_tiny_recipe_end_to_end_with_kill_and_resume(tmp_path):
     for done in ("seeds", "ask_me_anything", "evolve", "solve", "filter", "eval_base", "sft", "eval_sft", "practice_2", "judge_2", "preferences_2"):
         assert re.search(rf"✓ {done}: done .* skipped", resumed.stdout), done
     assert re.search(r"✓ train_2: \d+ rows", resumed.stdout) and re.search(r"✓ eval_2: \d+ rows", resumed.stdout)
+    train_2 = json.loads((run_dir / "train_2" / "manifest.json").read_text())["report"]
+    assert train_2["resumed_from"] == str(checkpoint) and train_2["steps"] == 4  # resumed there, not from step 0
 
     # What holds on any CPU (the model's sampled text differs from one CPU to another, so no
     # count that depends on it is pinned): every input ends up as a row, a reject or a failure.
