@@ -80,7 +80,7 @@ def equivalent(a: str | None, b: str | None) -> bool | None:
         return None
     na, nb = to_number(a), to_number(b)
     if na is not None and nb is not None:
-        return abs(na - nb) <= Fraction(1, 10**6) * max(1, abs(nb))
+        return bool(abs(na - nb) <= Fraction(1, 10**6) * max(Fraction(1), Fraction(abs(nb))))
     if a.strip().lower() == b.strip().lower():
         return True
     try:

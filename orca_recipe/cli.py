@@ -31,8 +31,10 @@ def validate(
     set_: list[str] = SetOpt,
     check_axolotl: bool = typer.Option(False, "--check-axolotl", help="Also check the rendered Axolotl configs with Axolotl's schema (slow: imports Axolotl)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="Check for a machine with this many GPUs per node (default: this machine's)."),
-    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", min=1, help="GiB per GPU of the machine to check for: refuse a training stage or server whose estimate does not fit."),
-    ready: bool = typer.Option(False, "--ready", help="Also check that this machine can run it now: key variables set, model folders present, an install that can use its GPUs (what `run` checks first)."),
+    gpu_memory: Optional[float] = typer.Option(
+        None, "--gpu-memory", min=1, help="GiB per GPU of the machine to check for: refuse a training stage or server whose estimate does not fit."),
+    ready: bool = typer.Option(False, "--ready", help="Also check that this machine can run it now: key variables set, model folders present, "
+                                                      "an install that can use its GPUs (what `run` checks first)."),
 ) -> None:
     """Check a recipe (schema, references, prompt templates, the GPUs it needs); exit 0 if valid, 2 if not."""
     from orca_recipe.llm.hardware import gpu_count
@@ -157,8 +159,8 @@ def run(
     from orca_recipe.recipe.compile import compile_file
     from orca_recipe.recipe.machine import check_machine
     from orca_recipe.recipe.ready import check_ready
-    from orca_recipe.runner import Runner
     from orca_recipe.rundir import check_cache_file, check_writable_dir, hold
+    from orca_recipe.runner import Runner
 
     for flag, value in (("--until", until), ("--only", only)):
         if value is not None and not value.strip():

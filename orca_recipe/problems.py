@@ -49,7 +49,7 @@ class Records:
         self.fmt = data_format(self.path, fmt)
         self._offsets: list[tuple[int, int]] = []  # JSONL: (line number, byte offset) of each record
         self._items: list[tuple[int, Any]] = []
-        self._fh = None
+        self._fh: Any = None
         with self._errors():
             if self.fmt == "jsonl":
                 with self.path.open("rb") as f:
@@ -360,7 +360,7 @@ def count_problems(path: str, fmt: str, question_field: str, answer_field: str |
         return None
     n = gold = answered = 0
     answer_seen = False
-    first_answer, fields = "", []
+    first_answer, fields = "", []  # type: tuple[str, list[str]]
     for _, rec in Records(path, fmt, key=key).scan():
         if not fields and isinstance(rec, dict):
             fields = list(rec)

@@ -161,6 +161,11 @@ def as_json(run_dir: Path) -> dict:
             "stages": [_stage_row(m) for m in manifests], "total_seconds": sum(m.get("seconds") or 0 for m in manifests)}
 
 
+# report figures shown beside a stage
+NOTE_KEYS = ("correct", "agreement", "desirable", "undesirable",
+             "pairs", "teacher_rows", "teacher_chosen", "steps", "contaminated", "near_duplicates", "exact_duplicates")
+
+
 def _pp(x: float) -> str:
     return f"{100 * x:+.1f}"
 
@@ -209,7 +214,7 @@ def markdown(run_dir: Path) -> str:
     for m in manifests:
         u = m.get("usage") or {}
         rep = m.get("report") or {}
-        notes = ", ".join(f"{k}={v}" for k, v in rep.items() if k in ("correct", "agreement", "desirable", "undesirable", "pairs", "teacher_rows", "teacher_chosen", "steps", "contaminated", "near_duplicates", "exact_duplicates"))
+        notes = ", ".join(f"{k}={v}" for k, v in rep.items() if k in NOTE_KEYS)
         lines.append(f"| {m['stage']} | {m['rows']} | {m['rejects']} | {m['failures']} | {u.get('requests', 0)} | {u.get('cache_hits', 0)} | {m['seconds']:.1f} | {notes} |")
     total = sum(m["seconds"] for m in manifests)
     lines += ["", f"Total stage time: {total:.0f} s.", ""]

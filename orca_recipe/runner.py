@@ -152,7 +152,8 @@ class Runner:
         atomic_write_text(self.run_dir / "recipe.yaml", to_yaml(effective(self.plan.recipe)))
         atomic_write_text(
             self.run_dir / "plan.json",
-            json.dumps({"recipe": self.plan.recipe.name, "stages": [{"name": s.name, "kind": s.kind, "fingerprint": s.fingerprint, "calls": s.calls} for s in self.plan.stages]}, indent=2),
+            json.dumps({"recipe": self.plan.recipe.name,
+                        "stages": [{"name": s.name, "kind": s.kind, "fingerprint": s.fingerprint, "calls": s.calls} for s in self.plan.stages]}, indent=2),
         )
         outcomes = []
         with _sigterm_as_exit():
@@ -199,8 +200,8 @@ class Runner:
         t0 = time.monotonic()
         with make_progress(self.console) as progress:
             task = progress.add_task(stage.name, total=None, usage=usage)
-            ctx.set_total = lambda n: progress.update(task, total=n)
-            ctx.advance = lambda n=1: progress.advance(task, n)
+            ctx.set_total = lambda n: progress.update(task, total=n)  # type: ignore[misc]
+            ctx.advance = lambda n=1: progress.advance(task, n)  # type: ignore[misc]
             if stage.agents and getattr(stage_module(stage.kind), "needs_llm", lambda ctx: True)(ctx):
                 self._attach_llm(ctx)  # may start a vLLM server: timed apart from the work
             startup = time.monotonic() - t0

@@ -62,7 +62,7 @@ class LLM:
         self.preflight_timeout_s = preflight_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limits: dict[str, Limits] = {}
-        self._closer = None  # parked async generator that closes the running loop's sessions (_close_with_loop)
+        self._closer: Any = None  # parked async generator that closes the running loop's sessions (_close_with_loop)
         self._fatal: dict[str, EndpointError] = {}
         self._ever_ok: set[str] = set()
         self._ignores_n: set[str] = set()
@@ -349,11 +349,11 @@ class LLM:
                 *(self.complete(name, messages, params, sample_index=i, usage=usage) for i in missing),
                 return_exceptions=True)
             errors = [o for o in outs if isinstance(o, BaseException)]
-            for e in errors:  # the fatal one first, else the first failure
-                if isinstance(e, (EndpointError, asyncio.CancelledError)) or not isinstance(e, Exception):
-                    raise e
+            for err in errors:  # the fatal one first, else the first failure
+                if isinstance(err, (EndpointError, asyncio.CancelledError)) or not isinstance(err, Exception):
+                    raise err
             if errors:
                 raise errors[0]
             for i, o in zip(missing, outs):
-                results[i] = o
+                results[i] = o  # type: ignore[assignment]  # no exceptions left
         return results  # type: ignore[return-value]

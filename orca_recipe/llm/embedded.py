@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from orca_recipe.errors import UserError
-from orca_recipe.home import cache_home, embedded_model_dir
+from orca_recipe.home import embedded_model_dir
 
 # Nothing here (nor vLLM/Axolotl started from here) may reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

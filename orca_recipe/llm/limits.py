@@ -61,7 +61,7 @@ class Limits:
         self.tpm = Bucket(ep.tpm) if ep.tpm else None
         self.transport = transport_for(ep)
         self.inflight: dict[str, asyncio.Future] = {}
-        self.batch = None  # the endpoint's BatchClient (llm/batch.py) when it has `batch: true`
+        self.batch: Any = None  # the endpoint's BatchClient (llm/batch.py) when it has `batch: true`
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -68,7 +68,7 @@ async def _probe(ep: Endpoint, api_base: str, timeout_s: float) -> str | None:
 
     status, body = await asyncio.to_thread(get)
     if status == -1:
-        return f"cannot reach {api_base} ({body}); is the server running and the api_base right?"
+        return f"cannot reach {api_base} ({body!s}); is the server running and the api_base right?"
     if status in (401, 403):
         return (f"{api_base} rejected the API key (HTTP {status})"
                 + (f"; check ${ep.api_key_env}" if ep.api_key_env else "; set api_key_env in the recipe"))

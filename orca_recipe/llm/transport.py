@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orca_recipe.llm.endpoint import Endpoint
-from orca_recipe.llm.errors import (AUTH, CONFIG, FAIL, NOTFOUND, QUOTA, RETRY, Failure, http_failure, kind_of_status,
-                                    retry_after, server_words)
-
+from orca_recipe.llm.errors import AUTH, CONFIG, FAIL, NOTFOUND, QUOTA, RETRY, Failure, http_failure, kind_of_status, retry_after, server_words
 
 REPLICA_REST_S = 5.0  # a replica that refused a connection gets no requests for this long (if others are up)
 

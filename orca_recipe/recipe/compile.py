@@ -165,8 +165,8 @@ def check_references(recipe: Recipe, loaded: Loaded) -> dict[str, Prompt]:
         if local is None:
             continue
         if local.chat_template is not None:
-            key = ("models", name, "local", "chat_template")
-            template_text(local.chat_template, key=".".join(key), where=loaded.where(key))
+            tkey = ("models", name, "local", "chat_template")
+            template_text(local.chat_template, key=".".join(tkey), where=loaded.where(tkey))
         elif local.path and Path(local.path).is_dir() and not folder_has_template(Path(local.path)):
             fail(("models", name, "local", "path"),
                  f"the model folder {local.path} has no chat template (its tokenizer_config.json has no 'chat_template', and there is no "
@@ -346,9 +346,9 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     n_eval = None
     if recipe.eval:
         ev_cfg = recipe.eval.model_dump(exclude={"path"}) | {"data": content_id(recipe.eval.path)}
-        ev = recipe.eval
-        n_eval = _limited(count_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format, ev.max_solution_steps,
-                                         key="eval.path", need_gold=True, warnings=warnings), ev.limit)
+        evs = recipe.eval
+        n_eval = _limited(count_problems(evs.path, "auto", evs.question_field, evs.answer_field, evs.answer_format, evs.max_solution_steps,
+                                         key="eval.path", need_gold=True, warnings=warnings), evs.limit)
         if not Path(recipe.eval.path).exists():
             warnings.append(f"eval.path {recipe.eval.path} does not exist yet; `run` will need it")
 

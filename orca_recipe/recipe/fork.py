@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from orca_recipe.errors import UserError
-from orca_recipe.recipe.load import PATH_KEYS, Key, get_key, path_keys_in, load_recipe, parse_override, set_key
+from orca_recipe.recipe.load import PATH_KEYS, Key, get_key, load_recipe, parse_override, path_keys_in, set_key
 from orca_recipe.recipe.schema import Recipe
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "recipe.schema.json"

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orca_recipe.chat_template import KNOWN as KNOWN_TEMPLATES
 from orca_recipe.bounded import read_text
+from orca_recipe.chat_template import KNOWN as KNOWN_TEMPLATES
 from orca_recipe.errors import UserError
 from orca_recipe.mapping import deep_merge
 from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Recipe
@@ -188,7 +188,7 @@ def get_key(data: Any, key: Key) -> Any:
     return data
 
 
-def set_key(data: dict[str, Any], key: Key, value: Any) -> None:
+def set_key(data: dict[Any, Any], key: Key, value: Any) -> None:
     for k in key[:-1]:
         nxt = data.get(k)
         if not isinstance(nxt, dict):
@@ -259,7 +259,7 @@ def apply_overrides(loaded: Loaded, overrides: list[str], cwd: Path | None = Non
         _resolve_paths(probe, cwd)
         if not isinstance(value, dict):
             value = get_key(probe, key)
-        node = loaded.data
+        node: Any = loaded.data
         for k in key[:-1]:
             if isinstance(node, dict) and k in node and not isinstance(node[k], dict):
                 raise UserError(f"cannot set '{dotted(key)}': '{k}' is not a mapping", where="--set", key=dotted(key))
@@ -306,7 +306,7 @@ def _inner_model(tp: Any, dict_value: bool) -> Any:
     return tp
 
 
-def _error_message(err: dict[str, Any]) -> str:
+def _error_message(err: Any) -> str:
     kind = err["type"]
     loc = err["loc"]
     if kind == "extra_forbidden":

@@ -65,9 +65,7 @@ def render_gpu_needs(console: Console, plan: Plan) -> None:
     """One line per key that needs GPUs, and whether this machine has them (`validate` refuses
     what it lacks; `plan` only shows it, so a GPU recipe can be planned anywhere)."""
     from orca_recipe.llm.hardware import gpu_count
-    from orca_recipe.recipe.machine import gpu_needs
-
-    from orca_recipe.recipe.machine import memory_needs
+    from orca_recipe.recipe.machine import gpu_needs, memory_needs
 
     needs = gpu_needs(plan.recipe)
     if not needs:

@@ -42,7 +42,7 @@ def role_variables(recipe: Recipe, role: str, row: dict[str, str]) -> dict[str, 
     q, a = row["question"], row["answer"]
     final = a.rsplit("####", 1)[-1].strip() if "####" in a else a
     ev, ama = recipe.evolve, recipe.ask_me_anything
-    return {
+    by_role: dict[str, dict[str, Any]] = {
         "ask_me_anything": {"problem": q, "answer": a, "n": ama.questions_per_seed if ama else 3},
         "suggester": {"problem": q, "n": ev.suggestions_per_round if ev else 3, "round": 1},
         "editor": {"problem": q, "suggestions": "1. <first suggestion from the suggester>\n2. <second suggestion>", "round": 1},
@@ -50,7 +50,8 @@ def role_variables(recipe: Recipe, role: str, row: dict[str, str]) -> dict[str, 
         "solver": {"problem": q},
         "judge": {"problem": q, "reference": a, "reference_answer": final, "response": "<the student's solution>", "response_answer": "<the student's final answer>"},
         "student": {"problem": q},
-    }[role]
+    }
+    return by_role[role]
 
 
 def example_prompts(plan: Plan) -> tuple[dict[str, tuple[str, str]], str]:

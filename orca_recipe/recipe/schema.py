@@ -180,7 +180,8 @@ class Solve(Strict):
     """The teacher solves every generated problem."""
 
     agent: str
-    inputs: list[Literal["seeds", "ask_me_anything", "evolve"]] = Field(default_factory=lambda: ["ask_me_anything", "evolve"], min_length=1)
+    inputs: list[Literal["seeds", "ask_me_anything", "evolve"]] = Field(default_factory=lambda: ["ask_me_anything", "evolve"],  # type: ignore[arg-type]
+                                                                        min_length=1)
     samples: PositiveInt = Field(1, description="Teacher samples per problem.")
     min_agreement: PositiveInt = Field(1, description="Keep a problem when this many samples agree on the final answer.")
     max_answer_chars: PositiveInt | None = Field(None, description="Drop solutions longer than this.")

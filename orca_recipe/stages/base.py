@@ -47,7 +47,7 @@ class StageContext:
     usage: Any = None  # orca_recipe.llm.door.Usage
     endpoint_for: Callable[[str], str] = lambda agent: agent  # agent -> endpoint name in the door
     set_total: Callable[[int], None] = lambda n: None
-    advance: Callable[[int], None] = lambda n=1: None
+    advance: Callable[[int], None] = lambda n=1: None  # type: ignore[misc]
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from orca_recipe.answers import equivalent, extract_final
-from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
-from orca_recipe.problems import load_problems
-from orca_recipe.stats import wilson  # re-exported: one copy, in orca_recipe.stats
 from orca_recipe.llm.door import LLMError
+from orca_recipe.problems import load_problems
+from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
+from orca_recipe.stats import wilson  # re-exported: one copy, in orca_recipe.stats
 
 
 async def run(ctx: StageContext) -> StageResult:
@@ -35,4 +35,5 @@ async def run(ctx: StageContext) -> StageResult:
     correct = sum(r["correct"] for r in rows)
     lo, hi = wilson(correct, n)
     model = ctx.stage.config.get("model_from") or "base"
-    return StageResult(rows=rows, rejects=got.rejects, failures=failures, report={"model": model, "n": n, "correct": correct, "pass_at_1": correct / n if n else 0.0, "ci95": [lo, hi]})
+    return StageResult(rows=rows, rejects=got.rejects, failures=failures,
+                       report={"model": model, "n": n, "correct": correct, "pass_at_1": correct / n if n else 0.0, "ci95": [lo, hi]})

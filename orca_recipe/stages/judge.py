@@ -13,8 +13,8 @@ import re
 from collections import Counter
 
 from orca_recipe.answers import equivalent
-from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
 from orca_recipe.llm.door import LLMError
+from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 _VERDICT = re.compile(r"final\s+verdict\s*:?\s*\**\s*(correct|incorrect)", re.IGNORECASE)
 

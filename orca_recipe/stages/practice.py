@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from orca_recipe.answers import extract_final
-from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 from orca_recipe.llm.door import LLMError
+from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 
 async def run(ctx: StageContext) -> StageResult:

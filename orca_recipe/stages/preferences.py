@@ -36,14 +36,14 @@ class ChatFormat:
             self.tokenizer.chat_template = template
 
     def prompt(self, user: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        return str(self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True))
 
     def completion(self, user: str, reply: str, head: str | None = None) -> str:
         """The assistant turn as the template writes it after `head` = `prompt(user)` (its
         end-of-turn tokens included); pass `head` when it is already rendered."""
         head = self.prompt(user) if head is None else head
-        full = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}, {"role": "assistant", "content": reply}], tokenize=False)
+        full = str(self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": reply}], tokenize=False))
         if not full.startswith(head):
             raise ValueError("the chat template renders a conversation's start differently from its generation prompt")
         return full[len(head):]

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import Counter
 
 from orca_recipe.answers import equivalent, extract_final, gsm8k_worked_solution, to_number
-from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
 from orca_recipe.llm.door import LLMError
+from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
 
 
 def _answer_key(answer: str) -> str:
@@ -89,7 +89,9 @@ async def run(ctx: StageContext) -> StageResult:
         return "row", base | {"solution": solution, "final_answer": answer, "answer_extraction": how,
                               "agreement": count, "samples": cfg.samples, "gold": gold, "teacher": "model"}
 
-    rows, rejects, failures = [], [], []
+    rows: list[Row] = []
+    rejects: list[Row] = []
+    failures: list[Row] = []
     for kind, row in await map_bounded(problems, one, ctx.extra["parallel"]):
         {"row": rows, "reject": rejects, "failure": failures}[kind].append(row)
     reasons = Counter(r["reason"].split(":")[0] for r in rejects)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from orca_recipe.errors import UserError
+from orca_recipe.llm.hardware import gpu_count
 from orca_recipe.stages.base import Row, StageContext, StageResult
 from orca_recipe.stages.preferences import student_messages
 from orca_recipe.store import atomic_write_text, write_jsonl
-from orca_recipe.llm.hardware import gpu_count
 from orca_recipe.train.config import DEEPSPEED_FILE, without_gpu
 from orca_recipe.train.deepspeed import write_deepspeed_config
 from orca_recipe.train.launch import is_model_folder, latest_checkpoint, run_axolotl
@@ -131,7 +132,7 @@ async def run(ctx: StageContext) -> StageResult:
         merge_seconds = round(time.monotonic() - t, 1)
     if not is_model_folder(model_dir):
         raise UserError(f"{ctx.stage.name}: axolotl finished but {model_dir} holds no model; see {out_dir / 'train.log'}")
-    report = {"checkpoint": str(model_dir), "train_rows": len(rows), "steps": done[0], "train_seconds": round(train_seconds, 1),
+    report: dict[str, Any] = {"checkpoint": str(model_dir), "train_rows": len(rows), "steps": done[0], "train_seconds": round(train_seconds, 1),
               **({"adapter": str(output), "merge_seconds": merge_seconds} if cfg.get("adapter") else {}),
               "resumed_from": str(resumed) if resumed else None, "resume_checkpoints_removed_bytes": freed,
               **{k: cfg[k] for k in ("kto_desirable_weight", "kto_undesirable_weight") if k in cfg}}

@@ -118,7 +118,7 @@ def preference_config(
 ) -> dict[str, Any]:
     cfg = _common(base_model, output_dir, prepared_dir) | (extra or {})
     if kind == "dpo":
-        dataset = {
+        dataset: dict[str, Any] = {
             "path": data_path,
             "ds_type": "json",
             "split": "train",

@@ -109,7 +109,7 @@ def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Calla
             buf = b""
             training = False  # tqdm bars before "Starting trainer" are data preparation, not steps
             while True:
-                chunk = proc.stdout.read1(4096)
+                chunk = proc.stdout.read1(4096)  # type: ignore[attr-defined]  # a BufferedReader (stdout=PIPE)
                 if not chunk:
                     break
                 log.write(chunk)
