@@ -4,33 +4,64 @@ Fingerprints and request-cache keys use these, so a project folder copied elsewh
 its finished stages and its cache, while new weights in the same folder (or a changed
 config or tokenizer) are a different model.
 
-Small files are hashed whole. A large file (weights) is identified by its size and a hash of
-three 1 MiB samples (start, middle, end): retrained weights differ everywhere, and hashing
-a 15 GB checkpoint in full on every `plan` would cost half a minute.
+Every file is identified by the sha256 of all its bytes: a same-length edit anywhere in a
+200 MB seeds file (`#### 72` -> `#### 73`) is a new identity. A large file's digest is
+remembered by (path, size, mtime, inode) in `$ORCA_RECIPE_HOME/content-ids.json`, so a rerun or
+a `plan` does not hash a 15 GB checkpoint again while it is unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
-WHOLE_FILE_LIMIT = 64 << 20  # hashed in full up to 64 MiB
-SAMPLE = 1 << 20
+REMEMBER_FROM = 8 << 20  # digests of files this large are remembered across processes
+_memo: dict[str, str] | None = None
+
+
+def _memo_path() -> Path:
+    from orca_recipe.home import cache_home
+
+    return cache_home() / "content-ids.json"
+
+
+def _remembered() -> dict[str, str]:
+    global _memo
+    if _memo is None:
+        try:
+            loaded = json.loads(_memo_path().read_text(encoding="utf-8"))
+            _memo = {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            _memo = {}
+    return _memo
+
+
+def _remember(stamp: str, digest: str) -> None:
+    memo = _remembered()
+    memo[stamp] = digest
+    try:
+        from orca_recipe.store import atomic_write_text
+
+        atomic_write_text(_memo_path(), json.dumps(memo))
+    except OSError:
+        pass  # a read-only home: the digest is only not remembered
 
 
 def _file_digest(path: Path, size: int) -> str:
+    st = path.stat()
+    stamp = f"{path.resolve()}\0{size}\0{st.st_mtime_ns}\0{st.st_ino}"
+    if size >= REMEMBER_FROM and (hit := _remembered().get(stamp)):
+        return hit
     h = hashlib.sha256()
     with path.open("rb") as f:
-        if size <= WHOLE_FILE_LIMIT:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(str(size).encode())
-            for offset in (0, size // 2 - SAMPLE // 2, size - SAMPLE):
-                f.seek(offset)
-                h.update(f.read(SAMPLE))
-    return h.hexdigest()[:16]
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()[:16]
+    if size >= REMEMBER_FROM:
+        _remember(stamp, digest)
+    return digest
 
 
 def content_id(path: str | os.PathLike[str] | None) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from orca_recipe.content import WHOLE_FILE_LIMIT, content_id
+from orca_recipe.content import REMEMBER_FROM, content_id
 from orca_recipe.llm.door import Endpoint
 from orca_recipe.recipe.compile import compile_file
 from orca_recipe.recipe.schema import ModelEndpoint
@@ -38,7 +38,8 @@ def project(root: Path, local_model: bool = False) -> Path:
 def fake_weights(folder: Path, fill: bytes = b"\1") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text('{"num_hidden_layers": 2}')
-    (folder / "model.safetensors").write_bytes(fill * (WHOLE_FILE_LIMIT + (3 << 20)))  # a "large" file: sampled
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')  # an instruct model's
+    (folder / "model.safetensors").write_bytes(fill * (REMEMBER_FROM + (3 << 20)))  # a "large" file: its digest remembered
     return folder
 
 
@@ -100,3 +101,31 @@ def test_the_cache_tells_servers_apart_by_api_base():
     two = Endpoint.from_recipe("m", ModelEndpoint(model="openai/llama", api_base="http://10.0.0.2:8000/v1"))
     hosted = Endpoint.from_recipe("m", ModelEndpoint(model="openai/gpt-4-turbo"))
     assert one.identity != two.identity and hosted.identity == "openai/gpt-4-turbo"
+
+
+def test_a_changed_byte_in_a_large_seeds_file_reruns_seeds_on(tmp_path, monkeypatch):
+    """Data files are known by all their bytes: a same-length edit in the middle of a large file
+    is a new identity, and the digest is remembered by (path, size, mtime, inode)."""
+    import json as _json
+
+    import orca_recipe.content as content
+
+    monkeypatch.setenv("ORCA_RECIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(content, "_memo", None)
+    recipe = project(tmp_path / "a")
+    root = recipe.parent.parent
+    seeds = root / "data" / "gsm8k" / "train.jsonl"
+    rows = seeds.read_text()
+    filler = "".join(_json.dumps({"question": f"Filler problem number {i} about apples.", "answer": f"#### {i}"}) + "\n"
+                     for i in range(REMEMBER_FROM // 60))
+    seeds.write_text(rows + filler)
+    assert seeds.stat().st_size > REMEMBER_FROM
+    before = fingerprints(recipe, tmp_path / "run")
+    memo = _json.loads((tmp_path / "home" / "content-ids.json").read_text())
+    assert any(str(seeds.resolve()) in k for k in memo)  # remembered: the next plan does not hash it again
+    text = seeds.read_text()
+    middle = text.index("#### ", len(text) // 2)
+    digit = text[middle + 5]
+    seeds.write_text(text[:middle + 5] + ("7" if digit != "7" else "8") + text[middle + 6:])  # same length
+    after = fingerprints(recipe, tmp_path / "run")
+    assert after["seeds"] != before["seeds"] and after["sft"] != before["sft"] and after["eval_base"] == before["eval_base"]
