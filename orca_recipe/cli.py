@@ -192,6 +192,28 @@ def run(
 
 
 @app.command()
+def clean(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny."),
+    yes: bool = typer.Option(False, "--yes", help="Remove them (default: only list)."),
+) -> None:
+    """List (or with --yes remove) the stage outputs of earlier settings kept in RUN_DIR/.superseded."""
+    from orca_recipe.runner import superseded
+
+    found = superseded(run_dir)
+    if not found:
+        out.print(f"{run_dir}: nothing superseded")
+        return
+    for folder, size in found:
+        out.print(f"{'removed' if yes else 'kept'} {folder.name}  {size / 2**20:,.1f} MiB")
+        if yes:
+            import shutil
+
+            shutil.rmtree(folder)
+    total = sum(size for _, size in found) / 2**20
+    out.print(f"{len(found)} superseded output(s), {total:,.1f} MiB" + ("" if yes else "; `--yes` removes them"))
+
+
+@app.command()
 def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny.")) -> None:
     """Show a run's stages: state, rows, rejects, failures, requests, tokens, cost, time."""
     from orca_recipe.runner import run_status

@@ -11,8 +11,21 @@ from orca_recipe.stats import holm, mcnemar_exact, mcnemar_one_sided, paired_dif
 from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest
 
 
+def stale_stages(run_dir: Path) -> list[str]:
+    """Stages whose finished output is for another fingerprint than the run's plan: left out of
+    every figure (pairing an old checkpoint with a new one would be a wrong comparison)."""
+    stages = json.loads((run_dir / "plan.json").read_text())["stages"]
+    out = []
+    for s in stages:
+        m = read_manifest(run_dir / s["name"])
+        if m and m.get("complete") and m.get("fingerprint") != s.get("fingerprint"):
+            out.append(s["name"])
+    return out
+
+
 def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(eval rows, every stage's manifest) in plan order."""
+    """(eval rows, every stage's manifest) in plan order: only stages finished for the plan's
+    fingerprint (`stale_stages` names the others)."""
     plan_file = run_dir / "plan.json"
     if not plan_file.is_file():
         raise UserError(f"{run_dir} is not a run directory (no plan.json)")
@@ -20,7 +33,7 @@ def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
     evals, manifests = [], []
     for s in stages:
         m = read_manifest(run_dir / s["name"])
-        if not m or not m.get("complete"):
+        if not m or not m.get("complete") or m.get("fingerprint") != s.get("fingerprint"):
             continue
         manifests.append(m)
         if s["kind"] == "eval":
@@ -158,6 +171,7 @@ def as_json(run_dir: Path) -> dict:
     evals, manifests = collect(run_dir)
     pairs = paired(run_dir, evals)
     return {"run_dir": str(run_dir), "checkpoints": checkpoints(run_dir, evals), "pairs": pairs["pairs"], "skipped_pairs": pairs["skipped"],
+            "stale": stale_stages(run_dir),
             "stages": [_stage_row(m) for m in manifests], "total_seconds": sum(m.get("seconds") or 0 for m in manifests)}
 
 
@@ -210,6 +224,9 @@ def markdown(run_dir: Path) -> str:
     if not evals:
         lines.append("| (no eval stage has run) | | | | | | |")
     lines += [""] + paired_lines(paired(run_dir, evals))
+    stale = stale_stages(run_dir)
+    if stale:
+        lines += [f"Left out as stale (finished for another fingerprint than this run's plan; run the recipe again): {', '.join(stale)}", ""]
     lines += ["## Stages", "", "| stage | rows | rejected | failed | LLM requests | cached | seconds | notes |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for m in manifests:
         u = m.get("usage") or {}

@@ -178,6 +178,7 @@ class Runner:
 
     def run_stage(self, stage: StageRun) -> StageOutcome:
         out_dir = self.run_dir / stage.name
+        restore_superseded(self.run_dir, stage)
         if self.is_done(stage):
             m = read_manifest(out_dir) or {}
             if not self.quiet:
@@ -269,10 +270,12 @@ class Runner:
                 previous = json.loads(marker.read_text())
             except ValueError:
                 previous = {}
-            if previous.get("fingerprint") != stage.fingerprint or previous.get("input_data", input_data) != input_data:
-                shutil.rmtree(out_dir)
+            if previous.get("fingerprint") != stage.fingerprint:
+                set_aside(out_dir)  # kept: switching the setting back costs nothing
+            elif previous.get("input_data", input_data) != input_data:
+                shutil.rmtree(out_dir)  # same spec on new inputs: its old rows are of no use
         elif (out_dir / "manifest.json").is_file():  # complete, but for another fingerprint
-            shutil.rmtree(out_dir)
+            set_aside(out_dir)
         atomic_write_text(marker, json.dumps(mine))
 
     async def _run_async(self, ctx: StageContext) -> StageResult:
@@ -382,6 +385,56 @@ class Runner:
             limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
         ).rows
         return [r["question"] for r in rows] + held_out
+
+
+SUPERSEDED = ".superseded"  # RUN_DIR/.superseded/STAGE-FINGERPRINT: outputs of earlier settings
+
+
+def _fingerprint_of(folder: Path) -> str | None:
+    for name in ("stage.json", "manifest.json"):
+        try:
+            fp = json.loads((folder / name).read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(fp, str) and fp.isalnum():
+            return fp
+    return None
+
+
+def set_aside(out_dir: Path) -> Path | None:
+    """Move a stage folder made for another fingerprint to RUN_DIR/.superseded/STAGE-FP (a
+    trained model is not thrown away because a setting changed); None if it has no fingerprint."""
+    fp = _fingerprint_of(out_dir)
+    if fp is None:
+        shutil.rmtree(out_dir)
+        return None
+    target = out_dir.parent / SUPERSEDED / f"{out_dir.name}-{fp}"
+    target.parent.mkdir(exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    out_dir.rename(target)
+    return target
+
+
+def restore_superseded(run_dir: Path, stage: StageRun) -> bool:
+    """Bring back the output this fingerprint made before (a setting switched back), setting
+    the current folder aside; True when something came back."""
+    kept = run_dir / SUPERSEDED / f"{stage.name}-{stage.fingerprint}"
+    current = run_dir / stage.name
+    if not kept.is_dir() or _fingerprint_of(current) == stage.fingerprint:
+        return False
+    if current.exists():
+        set_aside(current)
+    kept.rename(current)
+    return True
+
+
+def superseded(run_dir: Path) -> list[tuple[Path, int]]:
+    """(folder, bytes) of every superseded stage output of a run directory."""
+    root = run_dir / SUPERSEDED
+    if not root.is_dir():
+        return []
+    return [(d, sum(f.stat().st_size for f in d.rglob("*") if f.is_file())) for d in sorted(root.iterdir()) if d.is_dir()]
 
 
 def until_training(todo: list[StageRun]) -> list[StageRun]:

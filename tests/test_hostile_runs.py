@@ -254,3 +254,21 @@ def test_signals_stop_a_run_quietly_with_nothing_lost(tmp_path, sig, code):
         again = run_cli("run", recipe, "--run-dir", tmp_path / "run")
         assert again.returncode == 0, again.stderr[-800:]
         assert max(fake.delivered_by_prompt_seed().values()) == 1  # every answer the client received, received once
+
+
+def test_a_changed_setting_keeps_the_old_output_and_switching_back_costs_nothing(tmp_path):
+    with pipeline() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        run = tmp_path / "run"
+        assert run_cli("run", recipe, "--run-dir", run).returncode == 0
+        first = (run / "ask_me_anything" / "data.jsonl").read_bytes()
+        changed = run_cli("run", recipe, "--run-dir", run, "--set", "ask_me_anything.questions_per_seed=3")
+        assert changed.returncode == 0, changed.stderr[-800:]
+        kept = run_cli("clean", run)
+        assert kept.returncode == 0 and "kept ask_me_anything-" in kept.stdout and "kept solve-" in kept.stdout
+        sent = fake.total_requests
+        back = run_cli("run", recipe, "--run-dir", run)  # the first setting again: restored, not re-run
+        assert back.returncode == 0 and "0 stage(s) ran" in back.stdout and fake.total_requests == sent, back.stdout[-1500:]
+        assert (run / "ask_me_anything" / "data.jsonl").read_bytes() == first
+        gone = run_cli("clean", run, "--yes")
+        assert gone.returncode == 0 and "removed" in gone.stdout and run_cli("clean", run).stdout.strip().endswith("nothing superseded")

@@ -178,7 +178,20 @@ def make_run(run_dir: Path) -> Path:
         correct = len(right)
         lo, hi = wilson(correct, 40)
         _write_stage(run_dir, name, "eval", rows, {"model": MODEL[name], "n": 40, "correct": correct, "pass_at_1": correct / 40, "ci95": [lo, hi]})
+    for s in stages:  # each finished for the plan's fingerprint
+        path = run_dir / s["name"] / "manifest.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"fingerprint": s["fingerprint"]}))
     return run_dir
+
+
+def test_stages_finished_for_another_fingerprint_are_left_out_as_stale(tmp_path):
+    run = make_run(tmp_path / "run")
+    m = json.loads((run / "eval_sft" / "manifest.json").read_text())
+    (run / "eval_sft" / "manifest.json").write_text(json.dumps(m | {"fingerprint": "an-old-checkpoint"}))
+    data = as_json(run)
+    assert [c["stage"] for c in data["checkpoints"]] == ["eval_base", "eval_2"] and data["stale"] == ["eval_sft"]
+    assert all("eval_sft" not in (q["a"], q["b"]) for q in data["pairs"])
+    assert "Left out as stale" in markdown(run) and "eval_sft" in markdown(run).split("Left out as stale")[1]
 
 
 def test_paired_counts_and_p_values(tmp_path):
