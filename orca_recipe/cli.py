@@ -25,6 +25,23 @@ SetOpt = typer.Option([], "--set", "-s", help="Override a key: a.b.c=value (valu
 RecipeArg = typer.Argument(..., help="Recipe YAML file.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("orca-recipe")
+        except PackageNotFoundError:
+            from orca_recipe import __version__ as v
+        out.print(f"orca-recipe {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")) -> None:
+    """One YAML recipe for the whole Orca-Math pipeline."""
+
+
 @app.command()
 def validate(
     recipe: Path = RecipeArg,
@@ -127,8 +144,9 @@ def fork(
 
 
 @app.command()
-def diff(a: Path = typer.Argument(...), b: Path = typer.Argument(...), set_: list[str] = SetOpt) -> None:
-    """Show the effective differences between two recipes after merging (exit 0 either way)."""
+def diff(a: Path = typer.Argument(...), b: Path = typer.Argument(...), set_: list[str] = SetOpt,
+         exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the recipes differ, 0 when they do not (as git diff --exit-code).")) -> None:
+    """Show the effective differences between two recipes after merging (exit 0 either way, unless --exit-code)."""
     from orca_recipe.recipe.fork import diff as diff_data
     from orca_recipe.recipe.fork import effective
     from orca_recipe.recipe.load import load_recipe
@@ -143,13 +161,16 @@ def diff(a: Path = typer.Argument(...), b: Path = typer.Argument(...), set_: lis
     for key, va, vb in rows:
         table.add_row(key, repr(va) if va != "<unset>" else "[dim]<unset>[/]", repr(vb) if vb != "<unset>" else "[dim]<unset>[/]")
     out.print(table)
+    if exit_code:
+        raise typer.Exit(1)
 
 
 @app.command()
 def run(
     recipe: Path = RecipeArg,
     set_: list[str] = SetOpt,
-    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (a name from `orca-recipe plan`: seeds, ask_me_anything, "
+                                                             "evolve, solve, filter, eval_base, sft, eval_sft, practice_N, judge_N, preferences_N, train_N, eval_N)."),
     only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must be done)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/NAME)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Request cache file (default RUN_DIR/requests.sqlite)."),
@@ -218,7 +239,12 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/
     """Show a run's stages: state, rows, rejects, failures, requests, tokens, cost, time."""
     from orca_recipe.runner import run_status
 
-    table = Table("stage", "state", "rows", "rejected", "failed", "requests", "cached", "tokens", "cost $", "seconds", title=str(run_dir), title_justify="left")
+    narrow = out.width < 120
+    heads = ("stage", "state", "rows", "rej", "fail", "req", "hit", "tokens", "$", "s") if narrow else \
+        ("stage", "state", "rows", "rejected", "failed", "requests", "cached", "tokens", "cost $", "seconds")
+    table = Table(title=str(run_dir), title_justify="left", padding=(0, 0) if narrow else (0, 1))
+    for h in heads:
+        table.add_column(h, no_wrap=h in ("stage", "state"), justify="left" if h in ("stage", "state") else "right")
     style = {"done": "green", "stale": "yellow", "partial": "red", "not run": "dim"}
     for r in run_status(run_dir):
         m = r["manifest"]
@@ -231,6 +257,8 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/
             "" if not u else ("?" if cost is None else f"{cost:.4f}"), f"{m['seconds']:.1f}" if "seconds" in m else "",
         )
     out.print(table)
+    if narrow:
+        out.print("[dim]rej: rejected · fail: failed · req: LLM requests · hit: answered from the cache · $: cost · s: seconds[/]")
 
 
 class ReportFormat(str, Enum):

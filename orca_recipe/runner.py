@@ -210,8 +210,14 @@ class Runner:
             progress.update(task, usage=usage)
         seconds = time.monotonic() - t0
         write_jsonl(out_dir / "data.jsonl", result.rows)
-        write_jsonl(out_dir / "rejects.jsonl", result.rejects)
-        write_jsonl(out_dir / "failures.jsonl", result.failures)
+        files = {"data": "data.jsonl"}
+        for part, rows in (("rejects", result.rejects), ("failures", result.failures)):
+            path = out_dir / f"{part}.jsonl"
+            if rows:  # an empty JSON Lines file does not load with `datasets` (StopIteration): none is written
+                write_jsonl(path, rows)
+                files[part] = path.name
+            else:
+                path.unlink(missing_ok=True)
         manifest = {
             "stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint, "complete": True,
             "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs}, "input_data": input_data,
@@ -219,7 +225,7 @@ class Runner:
             "llm_failures": sum(1 for f in result.failures if str(f.get("reason", "")).startswith("llm:")),
             "started": started, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
             "usage": usage.__dict__, "report": result.report,
-            "files": {"data": "data.jsonl", "rejects": "rejects.jsonl", "failures": "failures.jsonl"},
+            "files": files,  # what loads with datasets.load_dataset("json", data_files=...): empty tables are not written
         }
         write_manifest(out_dir, manifest)
         if not self.quiet:

@@ -272,3 +272,22 @@ def test_a_changed_setting_keeps_the_old_output_and_switching_back_costs_nothing
         assert (run / "ask_me_anything" / "data.jsonl").read_bytes() == first
         gone = run_cli("clean", run, "--yes")
         assert gone.returncode == 0 and "removed" in gone.stdout and run_cli("clean", run).stdout.strip().endswith("nothing superseded")
+
+
+def test_tables_read_at_80_columns_and_the_cli_conventions(tmp_path):
+    with pipeline() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        run = tmp_path / "run"
+        assert run_cli("run", recipe, "--run-dir", run).returncode == 0
+        for args in (("plan", recipe, "--no-prompts", "--no-check-axolotl", "--out", tmp_path / "p"), ("status", run)):
+            shown = run_cli(*args, env={"COLUMNS": "80"})
+            assert shown.returncode == 0, shown.stderr
+            lines = shown.stdout.splitlines()
+            assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+            assert "…" not in shown.stdout  # no name cut short
+            for stage in ("ask_me_anything", "solve", "filter"):
+                assert any(line.split("│")[2 if args[0] == "plan" else 1].strip() == stage for line in lines if line.count("│") > 3), stage
+    assert run_cli("--version").stdout.startswith("orca-recipe ")
+    same = run_cli("diff", REPO / "recipes" / "tiny.yaml", REPO / "recipes" / "tiny.yaml", "--exit-code")
+    other = run_cli("diff", REPO / "recipes" / "tiny.yaml", REPO / "examples" / "tiny_dpo.yaml", "--exit-code")
+    assert (same.returncode, other.returncode) == (0, 1)

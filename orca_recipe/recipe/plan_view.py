@@ -13,6 +13,8 @@ from orca_recipe.recipe.compile import Plan
 from orca_recipe.recipe.preview import calls_per_model, display_path, estimate, example_prompts
 from orca_recipe.store import atomic_write_text
 
+NARROW = 120  # below this many columns the tables drop to a compact layout
+
 
 def _fmt(n: int | None, bound: bool = False) -> str:
     if n is None:
@@ -24,9 +26,13 @@ def render_plan(console: Console, plan: Plan, *, show_prompts: bool = True) -> N
     r = plan.recipe
     examples, source = example_prompts(plan)
     est = estimate(plan, examples)
-    table = Table(title=f"plan: {r.name} → {display_path(str(plan.run_dir))}", title_justify="left")
-    for col in ("#", "stage", "inputs", "agents", "LLM calls", "rows out", "tokens in/out", "cost $", "fingerprint"):
-        table.add_column(col, justify="right" if col in ("#", "LLM calls", "rows out", "cost $") else "left", overflow="fold")
+    narrow = console.width < NARROW  # an 80-column terminal: fewer columns, whole names, a legend
+    table = Table(title=f"plan: {r.name} → {display_path(str(plan.run_dir))}", title_justify="left", padding=(0, 1) if not narrow else (0, 0))
+    cols = ("#", "stage", "calls", "rows", "tokens in/out", "$", "fp") if narrow else \
+        ("#", "stage", "inputs", "agents", "LLM calls", "rows out", "tokens in/out", "cost $", "fingerprint")
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("#", "LLM calls", "rows out", "cost $", "calls", "rows", "$") else "left",
+                         no_wrap=col in ("stage", "fp", "fingerprint", "tokens in/out"), overflow="fold")
     total_cost: float | None = 0.0
     tin = tout = 0
     for i, s in enumerate(plan.stages, 1):
@@ -36,11 +42,17 @@ def render_plan(console: Console, plan: Plan, *, show_prompts: bool = True) -> N
         if e:
             tin, tout = tin + e.input_tokens, tout + e.output_tokens
             total_cost = None if (total_cost is None or e.cost is None) else total_cost + e.cost
-        table.add_row(
-            str(i), s.name, ", ".join(s.inputs), ", ".join(s.agents),
-            _fmt(s.calls, s.calls_bound) if s.calls else "", _fmt(s.rows), tokens, cost, s.fingerprint[:8],
-        )
+        if narrow:
+            table.add_row(str(i), s.name, _fmt(s.calls, s.calls_bound) if s.calls else "", _fmt(s.rows), tokens, cost, s.fingerprint[:7])
+        else:
+            table.add_row(
+                str(i), s.name, ", ".join(s.inputs), ", ".join(s.agents),
+                _fmt(s.calls, s.calls_bound) if s.calls else "", _fmt(s.rows), tokens, cost, s.fingerprint[:8],
+            )
     console.print(table)
+    if narrow:
+        console.print("[dim]calls: LLM calls (≤ an upper bound) · rows: rows out · $: cost · fp: fingerprint; "
+                      "inputs and agents show at 120 columns[/]")
     cost_text = "unknown (a model has no price)" if total_cost is None else f"${total_cost:,.2f}"
     console.print(
         f"total: {plan.total_calls:,} LLM calls (≤ where marked), ~{tin:,} input / ≤{tout:,} output tokens, cost ≤ {cost_text}"
