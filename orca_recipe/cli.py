@@ -174,6 +174,7 @@ def run(
     only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must be done)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/NAME)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Request cache file (default RUN_DIR/requests.sqlite)."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0, help="Budget in dollars for this run directory (over the recipe's budget_usd)."),
 ) -> None:
     """Run the recipe: skip stages whose fingerprint is unchanged, resume the rest from the cache."""
     from orca_recipe.llm.hardware import gpu_count
@@ -198,7 +199,8 @@ def run(
     for w in p.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     with hold(p.run_dir):
-        outcomes = Runner(p, console=out, cache_path=cache).run(until=until, only=only)
+        runner = Runner(p, console=out, cache_path=cache, max_cost=max_cost)
+        outcomes = runner.run(until=until, only=only)
     ran = [o for o in outcomes if o.state == "ran"]
     requests = sum(o.requests for o in outcomes)
     hits = sum(o.cache_hits for o in outcomes)

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
+from orca_recipe.llm.budget import BudgetExceeded
 from orca_recipe.llm.pool import ServerPool, local_timeout
 from orca_recipe.recipe.compile import Plan, StageRun
 from orca_recipe.recipe.fork import effective, to_yaml
@@ -89,11 +90,16 @@ class Runner:
     console: Console = field(default_factory=Console)
     cache_path: Path | None = None
     quiet: bool = False
+    max_cost: float | None = None  # overrides the recipe's budget_usd
 
     def __post_init__(self) -> None:
         self.run_dir = self.plan.run_dir
         self.pool = ServerPool(self.run_dir, self.console)
         self._cache: Any = None
+        from orca_recipe.llm.budget import Budget
+
+        limit = self.max_cost if self.max_cost is not None else self.plan.recipe.budget_usd
+        self.budget = Budget(limit, self.run_dir / "ledger.jsonl")
         self._ids: dict[Path, tuple[tuple[int, int, int], str]] = {}  # data file -> (stat stamp, content id)
 
     # ---- selection -------------------------------------------------------------
@@ -161,7 +167,11 @@ class Runner:
                 for i, stage in enumerate(stages):
                     todo = [s for s in stages[i:] if not self.is_done(s)]
                     self.release_servers(next_llm_stage(todo) if self.pool.on_cpu else until_training(todo))
-                    outcomes.append(self.run_stage(stage))
+                    try:
+                        outcomes.append(self.run_stage(stage))
+                    except BudgetExceeded as e:
+                        left = [s.name for s in stages[i:] if not self.is_done(s)]
+                        raise BudgetExceeded(f"{e.args[0]}. Stopped in {stage.name}; not finished: {', '.join(left)}") from None
                     self.stop_if_empty(stage, outcomes[-1], stages[i + 1:])
                 if any(s.kind == "eval" for s in stages):
                     from orca_recipe.report import write_report
@@ -328,7 +338,7 @@ class Runner:
             endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
             endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
                 endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(self.plan.recipe, ctx.stage, agent, gpu=not self.pool.on_cpu)))
-        ctx.llm = LLM(endpoints, self._cache, batch_dir=self.run_dir / "batches")
+        ctx.llm = LLM(endpoints, self._cache, batch_dir=self.run_dir / "batches", budget=self.budget)
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel
 

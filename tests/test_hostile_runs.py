@@ -291,3 +291,33 @@ def test_tables_read_at_80_columns_and_the_cli_conventions(tmp_path):
     same = run_cli("diff", REPO / "recipes" / "tiny.yaml", REPO / "recipes" / "tiny.yaml", "--exit-code")
     other = run_cli("diff", REPO / "recipes" / "tiny.yaml", REPO / "examples" / "tiny_dpo.yaml", "--exit-code")
     assert (same.returncode, other.returncode) == (0, 1)
+
+
+def test_a_budget_stops_the_run_at_the_cap_and_a_higher_one_carries_on(tmp_path):
+    """$1 per 1,000 output tokens at most: each request's worst case is ~$0.2, so a $1 cap stops
+    the generation half part-way. Nothing answered is lost or counted twice; a rerun with a
+    higher cap pays only what is missing."""
+    price = {"input_per_mtok": 100.0, "output_per_mtok": 1000.0}
+    with pipeline() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, endpoint={"price": price, "concurrency": 2},
+                             **{**SMALL, "seeds": {**SMALL["seeds"], "limit": 6}, "ask_me_anything": {"limit": 6}})
+        shown = run_cli("plan", recipe, "--no-prompts", "--no-check-axolotl", "--out", tmp_path / "p", "--set", "budget_usd=0.5")
+        assert shown.returncode == 0 and "is over budget_usd $0.50" in " ".join(shown.stdout.split())
+        run = tmp_path / "run"
+        capped = run_cli("run", recipe, "--run-dir", run, "--max-cost", "1")
+        msg = one_error(capped)
+        assert "the budget of $1.0000 would be passed" in msg and "not finished:" in msg and "--max-cost" in msg
+        ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+        spent = sum(r["cost"] for r in ledger)
+        assert 0 < spent <= 1.0 and len({r["key"] for r in ledger}) == len(ledger)
+        sent = fake.ok_requests
+        assert 0 < sent < 12  # it stopped before the stage's 6 + 6 requests
+        done = run_cli("run", recipe, "--run-dir", run, "--max-cost", "100")
+        assert done.returncode == 0, done.stderr[-1500:]
+        assert max(fake.delivered_by_prompt_seed().values()) == 1  # nothing paid twice across the cap
+        ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+        assert len({r["key"] for r in ledger}) == len(ledger) and sum(r["cost"] for r in ledger) > spent
+        manifests = {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/manifest.json")}
+        in_manifests = sum((m.get("usage") or {}).get("cost") or 0 for m in manifests.values())
+        # what the finished stages paid is in the ledger; the ledger also has what the capped stage paid before the stop
+        assert in_manifests <= sum(r["cost"] for r in ledger) + 1e-9

@@ -30,12 +30,15 @@ from typing import Any, Mapping
 
 from orca_recipe.llm.accounting import Completion, Usage, split_reply
 from orca_recipe.llm.batch import BatchClient, read_key
+from orca_recipe.llm.budget import Budget
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
 from orca_recipe.llm.errors import AUTH, CONFIG, NOTFOUND, QUOTA, EndpointError, Failure, LLMError, process_secrets, scrub
-from orca_recipe.llm.limits import Backoff, Limits, send_with_retries
+from orca_recipe.llm.limits import Backoff, Limits, estimate_prompt_tokens, send_with_retries
 from orca_recipe.llm.preflight import missing_key_message, problem
 from orca_recipe.prices import known_price
+
+DEFAULT_MAX_TOKENS = 4096  # a reply's worst case when a request sets no max_tokens
 
 __all__ = ["LLM", "Endpoint", "Completion", "Usage", "LLMError", "EndpointError"]
 
@@ -54,8 +57,9 @@ class LLM:
 
     def __init__(self, endpoints: Mapping[str, Endpoint], cache: RequestCache, *,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
-                 preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S, batch_dir: Path | None = None):
+                 preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S, batch_dir: Path | None = None, budget: Budget | None = None):
         self.endpoints = dict(endpoints)
+        self.budget = budget  # the run's cost cap: every paid request is reserved against it before it is sent
         self.cache = cache
         self.batch_dir = batch_dir or cache.path.parent / "batches"  # where batch jobs are written, to resume them
         self.backoff = Backoff(backoff_base_s, backoff_max_s)
@@ -66,6 +70,26 @@ class LLM:
         self._fatal: dict[str, EndpointError] = {}
         self._ever_ok: set[str] = set()
         self._ignores_n: set[str] = set()
+
+    def _worst_case(self, ep: Endpoint, messages: list[dict], params: Mapping[str, Any], n: int) -> float:
+        """The most a request can cost: its prompt and max_tokens per sample, at the price `plan` uses."""
+        price = ep.batch_price if ep.batch and ep.batch_price else (ep.price if ep.price is not None else known_price(ep.litellm_model))
+        if price is None:
+            return 0.0
+        out = int(params.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        return estimate_prompt_tokens(messages) * price[0] + n * out * price[1]
+
+    async def _paid(self, ep: Endpoint, keys: list[str], messages: list[dict], params: Mapping[str, Any], send: Any) -> list[Completion]:
+        """`send()` under the budget: reserved first (or refused), settled with what it cost."""
+        if self.budget is None:
+            return await send()
+        held = self.budget.reserve(self._worst_case(ep, messages, params, len(keys)))
+        got: list[Completion] = []
+        try:
+            got = await send()
+            return got
+        finally:
+            self.budget.settle(held, {k: c.cost for k, c in zip(keys, got)})
 
     def __repr__(self) -> str:
         return f"LLM(endpoints={sorted(self.endpoints)}, cache={self.cache!r})"
@@ -258,9 +282,9 @@ class LLM:
             req = dict(params)
             req["seed"] = int(params.get("seed", 0)) + sample_index
             if ep.batch:
-                c = (await self._batched(ep, [key], messages, req, usage))[0]
+                c = (await self._paid(ep, [key], messages, req, lambda: self._batched(ep, [key], messages, req, usage)))[0]
             else:
-                c = (await self._request(ep, messages, req, usage))[0]
+                c = (await self._paid(ep, [key], messages, req, lambda: self._request(ep, messages, req, usage)))[0]
                 self.cache.put(key, self._to_cache(c))
             fut.set_result(c)
             return c
@@ -300,7 +324,7 @@ class LLM:
         if n > 1 and len(missing) == n and ep.batch and ep.supports_n and ep.provider == "openai":
             req = dict(params)
             req["seed"] = int(params.get("seed", 0))
-            return await self._batched(ep, keys, messages, req, usage)  # one batch request with n = n
+            return await self._paid(ep, keys, messages, req, lambda: self._batched(ep, keys, messages, req, usage))  # one batch request, n = n
         if n > 1 and len(missing) == n and ep.supports_n and ep.name not in self._ignores_n and not ep.batch:
             lim = await self._limits_for(ep)
             flight = "n:" + keys[0]
@@ -325,7 +349,7 @@ class LLM:
                 req = dict(params)
                 req["seed"] = int(params.get("seed", 0))
                 req["n"] = n
-                got = (await self._request(ep, messages, req, usage))[:n]
+                got = (await self._paid(ep, keys, messages, req, lambda: self._request(ep, messages, req, usage)))[:n]
                 if len(got) < n:
                     self._ignores_n.add(ep.name)  # this server ignores n: separate calls from now on
                 self.cache.put_many((keys[i], self._to_cache(c)) for i, c in enumerate(got))

@@ -57,6 +57,12 @@ def render_plan(console: Console, plan: Plan, *, show_prompts: bool = True) -> N
     console.print(
         f"total: {plan.total_calls:,} LLM calls (≤ where marked), ~{tin:,} input / ≤{tout:,} output tokens, cost ≤ {cost_text}"
     )
+    if r.budget_usd is not None:
+        if total_cost is not None and total_cost > r.budget_usd:
+            console.print(f"[yellow]warning:[/] the estimate (≤ ${total_cost:,.2f}) is over budget_usd ${r.budget_usd:,.2f}: "
+                          "`run` will stop before the spend would pass it")
+        else:
+            console.print(f"budget: ${r.budget_usd:,.2f} (run stops before the spend would pass it)")
     calls = calls_per_model(plan)
     for key, m in r.models.items():
         if m.replicas and calls.get(key):

@@ -452,6 +452,9 @@ class Recipe(Strict):
     judge: Judge = Field(default_factory=Judge)
     preferences: Preferences = Field(default_factory=Preferences)
     iterations: PositiveInt = Field(1, description="1 = SFT only; each further iteration is practice, judge, preferences, training.")
+    budget_usd: PositiveFloat | None = Field(
+        None, description="Stop sending requests before the run's spend (priced as `plan` prices it) would pass this many dollars; "
+                          "`run --max-cost` overrides it. The ledger is RUN_DIR/ledger.jsonl.")
     eval: Eval | None = None
 
 
