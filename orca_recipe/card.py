@@ -70,14 +70,17 @@ def _cost(stages: list[dict]) -> str:
 
 
 def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licences: dict[str, tuple[str, Licence]],
-                 checkpoints: list[dict], extra_files: list[str], model_repos: dict[str, str]) -> str:
+                 checkpoints: list[dict], extra_files: list[str], model_repos: dict[str, str], pairs: list[dict] | None = None,
+                 licence_files: dict[str, str] | None = None) -> str:
     """The README.md of the dataset repo.
 
     `stages`: {"name", "kind", "manifest", "path" (path in the repo, None when it has no rows),
     "rejects", "failures" (their rows)}; `licences`: {"seeds" | "eval": (recipe path, Licence)}.
     """
     seeds_licence = licences["seeds"][1]
-    configs = [{"config_name": s["name"], "data_files": [{"split": "train", "path": s["path"]}]} for s in stages if s["path"]]
+    # eval sets are test problems with gold: published as `test`, so nobody trains on them by accident
+    configs = [{"config_name": s["name"], "data_files": [{"split": "test" if s["kind"] == "eval" else "train", "path": s["path"]}]}
+               for s in stages if s["path"]]
     data = DatasetCardData(
         license=seeds_licence.hub_id, pretty_name=f"orca-recipe run: {recipe.get('name', repo_id)}",
         tags=["orca-recipe", "orca-math", "synthetic", "math"], configs=configs, language=["en"],
@@ -147,18 +150,48 @@ def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licen
             lo, hi = c["ci95"]
             lines.append(f"| {c['stage']} | {c['model']} | {c['n']} | {c['correct']} | {c['pass_at_1']:.1%} | {lo:.1%} – {hi:.1%} |")
         lines.append("")
+    planned = [q for q in pairs or [] if q.get("planned")]
+    if planned:
+        lines += ["Planned paired comparisons on the same problems (one-sided exact McNemar, Holm-adjusted over the family):", "",
+                  "| A → B | n | only A / only B | B − A (pp) | 95% CI (pp) | Holm p |", "|---|---:|---:|---:|---|---:|"]
+        for q in planned:
+            lo, hi = q["ci95"]
+            lines.append(f"| {q['a']} → {q['b']} | {q['n']} | {q['only_a']} / {q['only_b']} | {100 * q['diff']:+.1f} | "
+                         f"{100 * lo:+.1f} … {100 * hi:+.1f} | {q['p_holm']:.4f} |")
+        lines.append("")
 
     lines += ["## Licence", ""]
     for role, (path, lic) in licences.items():
         if role == "eval" and not any(s["kind"] == "eval" for s in stages):
             continue
-        where = f" (from `{Path(lic.source).name}` beside `{path}`)" if lic.source else ""
+        shipped = (licence_files or {}).get(role)
+        where = f" (the file `{shipped}` in this repository)" if shipped else (f" (from `{Path(lic.source).name}` beside `{path}`)" if lic.source else "")
         what = "Seed data" if role == "seeds" else "Eval set (the eval stages' problems and gold answers)"
         lines.append(f"- {what} `{path or '?'}`: {lic.text.rstrip('.')}{where}.")
     lines += ["- Rows the models wrote are also subject to the terms of the models listed above.", ""]
     if extra_files:
         lines += ["## Files", "", "Besides the configs: " + ", ".join(f"`{f}`" for f in extra_files) + ".", ""]
+    lines += ["## Citation", "", "The pipeline is Orca-Math's:", "", CITATION, ""]
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
+
+
+CITATION = """```bibtex
+@misc{mitra2024orcamath,
+  title = {Orca-Math: Unlocking the potential of SLMs in Grade School Math},
+  author = {Arindam Mitra and Hamed Khanpour and Corby Rosset and Ahmed Awadallah},
+  year = {2024}, eprint = {2402.14830}, archivePrefix = {arXiv}, primaryClass = {cs.CL}
+}
+```"""
+
+EMBEDDED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def _base_model_id(models: dict[str, Any], key: str) -> str | None:
+    """The Hub id of the base student for `base_model:`: the embedded model's, or a local folder's name."""
+    local = (models.get(key) or {}).get("local") or {}
+    if local.get("embedded"):
+        return EMBEDDED_HUB_IDS.get(local["embedded"])
+    return None
 
 
 def model_card(repo_id: str, stage: dict, dataset_repo: str, recipe: dict[str, Any], evals: list[dict], licence: Licence) -> str:
@@ -167,8 +200,9 @@ def model_card(repo_id: str, stage: dict, dataset_repo: str, recipe: dict[str, A
     rep = m.get("report") or {}
     models = recipe.get("models") or {}
     student = model_label(models, (recipe.get("training") or {}).get("student", "?"))
+    base = _base_model_id(models, (recipe.get("training") or {}).get("student", "?"))
     data = ModelCardData(license=licence.hub_id, datasets=[dataset_repo], tags=["orca-recipe", "orca-math", "axolotl"],
-                         library_name="transformers", pipeline_tag="text-generation")
+                         library_name="transformers", pipeline_tag="text-generation", base_model=base)
     inputs = ", ".join(f"`{i}`" for i in (m.get("inputs") or {}))
     lines = [f"# {repo_id}", "",
              f"The `{stage['name']}` checkpoint ({stage['kind']}) of the orca-recipe run of `{recipe.get('name', '?')}`: "

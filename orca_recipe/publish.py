@@ -72,11 +72,22 @@ def _finished(run_dir: Path) -> tuple[list[dict], list[str]]:
     return stages, notes
 
 
+def _licence_file(source: str | None) -> Path | None:
+    """The licence text beside a data file's licence note (its LICENSE, else the note itself)."""
+    if not source or not Path(source).is_file():
+        return None
+    folder = Path(source).parent
+    return next((folder / n for n in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "COPYING") if (folder / n).is_file()), Path(source))
+
+
 def _portable_manifest(manifest: dict, run_dir: Path) -> str:
     """The manifest with this machine's run folder written as '.', so no local path is published."""
+    from orca_recipe.home import cache_home
+
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    for prefix in {str(run_dir.resolve()), str(run_dir.absolute())}:
-        text = text.replace(json.dumps(prefix)[1:-1], ".")
+    for prefix, shown in ((str(run_dir.resolve()), "."), (str(run_dir.absolute()), "."), (str(cache_home()), "$ORCA_RECIPE_HOME"),
+                          (str(Path.home()), "~")):
+        text = text.replace(json.dumps(prefix)[1:-1], shown)
     return text
 
 
@@ -94,7 +105,7 @@ def _licences(run_dir: Path, recipe: dict, override: str | None) -> dict[str, tu
 def prepare(run_dir: Path, repo: str, out: Path, *, models: bool = False, licence: str | None = None) -> tuple[list[Upload], list[str]]:
     """Write the dataset folder (card, data, manifests) and the model cards under `out`;
     return what to push and notes on what is left out."""
-    from orca_recipe.report import checkpoints
+    from orca_recipe.report import checkpoints, paired
 
     check_repo_id(repo)
     stages, notes = _finished(run_dir)
@@ -109,7 +120,8 @@ def prepare(run_dir: Path, repo: str, out: Path, *, models: bool = False, licenc
     upload = Upload(repo, "dataset")
     for s in stages:
         src = run_dir / s["name"]
-        s["path"] = f"{s['name']}/data.jsonl" if s["manifest"].get("rows") else None
+        # a preference-training stage's rows are ids only (its data is the preferences stage's): no config of its own
+        s["path"] = f"{s['name']}/data.jsonl" if s["manifest"].get("rows") and s["kind"] != "train_preference" else None
         s["rejects"] = read_jsonl(src / "rejects.jsonl") if (src / "rejects.jsonl").is_file() else []
         s["failures"] = read_jsonl(src / "failures.jsonl") if (src / "failures.jsonl").is_file() else []
         (ds / s["name"]).mkdir(parents=True)
@@ -143,7 +155,16 @@ def prepare(run_dir: Path, repo: str, out: Path, *, models: bool = False, licenc
                       if p.is_file() and not p.relative_to(folder).parts[0].startswith("checkpoint-") and p.name != "README.md"]
             uploads.append(Upload(model_repo, "model", files))
 
-    (ds / "README.md").write_text(dataset_card(repo, recipe or {}, stages, licences, scored, extra, model_repos))
+    licence_files: dict[str, str] = {}
+    for role, (_path, lic) in licences.items():  # the data's own licence text travels with it (GSM8K's MIT notice)
+        text = _licence_file(lic.source)
+        if text is not None:
+            name = next((n for r, n in licence_files.items() if _licence_file(licences[r][1].source) == text), None) or \
+                ("LICENSE" if "LICENSE" not in licence_files.values() else f"LICENSE-{role}")
+            shutil.copyfile(text, ds / name)
+            licence_files[role] = name
+    pairs = paired(run_dir, evals)["pairs"] if len(evals) > 1 else []
+    (ds / "README.md").write_text(dataset_card(repo, recipe or {}, stages, licences, scored, extra, model_repos, pairs, licence_files))
     upload.files = [(p.relative_to(ds).as_posix(), p) for p in sorted(ds.rglob("*")) if p.is_file()]
     return [upload, *uploads], notes
 

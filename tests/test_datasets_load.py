@@ -4,6 +4,7 @@ row counts its manifest states: the promise the README and a published card make
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from _cli import REPO, run_cli
 from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply
@@ -40,5 +41,11 @@ def test_every_stage_dataset_loads_with_its_manifest_counts(tmp_path):
     dry = run_cli("publish", run_dir, "--repo", "org/run", "--dry-run", "--out", out)
     assert dry.returncode == 0, dry.stderr
     for stage in plan:
-        ds = load_dataset(str(out / "dataset"), stage["name"], split="train", cache_dir=str(tmp_path / "hf_cache"))
+        split = "test" if stage["kind"] == "eval" else "train"  # eval problems are test problems: never a train split
+        ds = load_dataset(str(out / "dataset"), stage["name"], split=split, cache_dir=str(tmp_path / "hf_cache"))
         assert len(ds) == loaded[stage["name"], "data"], stage["name"]
+    card = (out / "dataset" / "README.md").read_text()
+    assert (out / "dataset" / "LICENSE").read_text().startswith("MIT License") and "`LICENSE` in this repository" in card
+    assert "@misc{mitra2024orcamath" in card
+    for path in (out / "dataset").rglob("manifest.json"):
+        assert str(tmp_path) not in path.read_text() and str(Path.home()) not in path.read_text(), path
