@@ -1,0 +1,109 @@
+"""The fingerprint is what a stage reads: change a key (or a prompt file) a stage reads and its
+fingerprint changes, with everything downstream; change one it does not read and nothing
+changes. Checked by mutating the shipped recipe key by key and compiling."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orca_recipe.recipe.compile import compile_file
+
+REPO = Path(__file__).resolve().parents[1]
+GEN = {"seeds", "ask_me_anything", "evolve", "solve", "filter"}
+STUDENT = {"eval_base", "sft", "eval_sft", "practice_2", "judge_2", "preferences_2", "train_2", "eval_2"}
+ALL = GEN | STUDENT
+
+
+def downstream(plan, names: set[str]) -> set[str]:
+    out = set(names)
+    for s in plan.stages:
+        if out & set(s.inputs):
+            out.add(s.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("proj")
+    for part in ("recipes", "prompts", "data"):
+        shutil.copytree(REPO / part, root / part)
+    return root / "recipes" / "tiny.yaml"
+
+
+def fingerprints(recipe: Path, sets: list[str]) -> dict[str, str]:
+    return {s.name: s.fingerprint for s in compile_file(recipe, sets, run_dir=recipe.parent.parent / "runs" / "x").stages}
+
+
+# key=value -> the stages that read it (their downstream follows); empty: read by none
+CASES = {
+    "seeds.limit=700": {"seeds"},
+    "ask_me_anything.questions_per_seed=3": {"ask_me_anything"},
+    "evolve.rounds=3": {"evolve"},
+    "solve.max_answer_chars=1500": {"solve"},
+    "filters.dedup.near_threshold=0.8": {"filter"},
+    "eval.max_tokens=200": {"eval_base", "eval_sft", "eval_2"},
+    "eval.truncated=scored": {"eval_base", "eval_sft", "eval_2"},
+    "training.sft.axolotl.learning_rate=2.0e-4": {"sft"},
+    "practice.temperature=0.8": {"practice_2"},
+    "practice.problems=48": {"practice_2"},
+    "judge.mode=exact": {"judge_2"},
+    "preferences.kind=dpo": {"preferences_2", "train_2"},
+    "preferences.drop_all_correct=false": {"preferences_2"},
+    "training.preference.axolotl.learning_rate=2.0e-5": {"train_2"},
+    "agents.solver.sampling.temperature=0.9": {"solve"},
+    "agents.student.sampling.max_tokens=300": {"eval_base", "eval_sft", "eval_2", "practice_2"},
+    # what cannot change an output changes no fingerprint (and so deletes no trained model)
+    "training.launcher.venv=/somewhere/else": set(),
+    "training.launcher.extra_args=[--foo]": set(),
+    "training.checkpoint_every_steps=7": set(),
+    "models.smol.concurrency=3": set(),
+    "models.smol.timeout_s=999": set(),
+    "models.smol.max_retries=1": set(),
+    "models.smol.local.startup_timeout_s=1200": set(),
+    "description=another": set(),
+    "budget_usd=12": set(),
+}
+
+
+@pytest.mark.parametrize("override", list(CASES))
+def test_a_key_changes_exactly_its_readers_and_their_downstream(project, override):
+    base = fingerprints(project, [])
+    after = fingerprints(project, [override])
+    plan = compile_file(project, [override], run_dir=project.parent.parent / "runs" / "x")
+    changed = {n for n in base if base[n] != after.get(n)}
+    assert changed == downstream(plan, CASES[override]), override
+
+
+@pytest.mark.parametrize("prompt, readers", [
+    ("student.j2", {"eval_base", "sft", "practice_2", "preferences_2"}),  # SFT trains under the prompt it is scored with
+    ("solver.j2", {"solve"}),
+    ("ask_me_anything.j2", {"ask_me_anything"}),
+    ("suggester.j2", {"evolve"}),
+    ("judge.j2", {"judge_2"}),
+])
+def test_editing_a_prompt_file_reruns_its_readers_and_nothing_before(project, prompt, readers):
+    base = fingerprints(project, [])
+    path = project.parent.parent / "prompts" / prompt
+    original = path.read_text()
+    try:
+        path.write_text(original + "\nBe careful.\n")
+        after = fingerprints(project, [])
+    finally:
+        path.write_text(original)
+    plan = compile_file(project, [], run_dir=project.parent.parent / "runs" / "x")
+    changed = {n for n in base if base[n] != after[n]}
+    assert changed == downstream(plan, readers)
+    assert not changed & (GEN - readers - downstream(plan, readers))
+
+
+def test_a_fork_that_changes_only_the_preference_kind_shares_everything_before(project):
+    base = fingerprints(project, [])
+    fork = project.parent / "tiny_dpo_fork.yaml"
+    fork.write_text(yaml.safe_dump({"extends": "tiny.yaml", "preferences": {"kind": "dpo"}}))
+    after = fingerprints(fork, [])
+    same = {n for n in base if base[n] == after.get(n)}
+    assert same == ALL - {"preferences_2", "train_2", "eval_2"}
