@@ -150,6 +150,17 @@ def test_timeout_is_a_deadline_for_the_whole_reply_not_each_byte(tmp_path):
         assert u.retries == 2 and u.failures == 1
 
 
+def test_the_litellm_path_has_a_whole_reply_deadline_too(tmp_path):
+    """litellm's own `timeout` bounds each read: a trickling reply must still end at timeout_s."""
+    with FakeOpenAI(fault="trickle", fail_first=10**6, trickle_s=0.3) as srv:
+        llm = make_llm(tmp_path, srv, timeout_s=1.0, max_retries=1, max_backoff_s=0.5, via_litellm=True)
+        t = time.monotonic()
+        with pytest.raises(LLMError) as ei:
+            asyncio.run(llm.complete("m", msgs("drip"), {}))
+        assert time.monotonic() - t < 2 * 1.0 + 0.5 + 4.0  # 2 attempts of 1 s, a wait, litellm's import
+        assert "no whole reply within timeout_s=1" in ei.value.reason
+
+
 def test_permanent_failure_is_llm_error(tmp_path):
     with FakeOpenAI(fault="500", fail_first=10**6) as srv:
         llm = make_llm(tmp_path, srv, max_retries=2)

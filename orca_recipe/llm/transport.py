@@ -164,9 +164,14 @@ class LiteLLM:
     async def send(self, messages: list[dict], params: dict[str, Any], api_key: str | None) -> Reply:
         lt = litellm()
         try:
-            resp = await lt.acompletion(model=self.ep.litellm_model, messages=messages, api_base=self.ep.api_base,
-                                        api_key=api_key, timeout=self.ep.timeout_s, num_retries=0, max_retries=0,
-                                        caching=False, **params)
+            # litellm's `timeout` bounds each read, so a reply that trickles in never ends there:
+            # the whole reply gets the same deadline as on the door's own client
+            resp = await asyncio.wait_for(
+                lt.acompletion(model=self.ep.litellm_model, messages=messages, api_base=self.ep.api_base, api_key=api_key,
+                               timeout=self.ep.timeout_s, num_retries=0, max_retries=0, caching=False, **params),
+                timeout=self.ep.timeout_s)
+        except asyncio.TimeoutError:
+            failure = Failure(RETRY, f"no whole reply within timeout_s={self.ep.timeout_s:g} s (litellm)")
         except asyncio.CancelledError:
             raise
         except Exception as e:  # classified here, raised outside this block (no key-bearing context)
