@@ -315,8 +315,11 @@ def plot(run_dir: Path, evals: list[dict], manifests: list[dict] | None = None) 
 
 
 def write_report(run_dir: Path) -> Path:
+    from orca_recipe.report_html import write_html
+
     evals, manifests = collect(run_dir)
     plot(run_dir, evals, manifests)
+    write_html(run_dir)  # report.html: the same figures and a searchable sample of every stage's rows
     path = run_dir / "report.md"
     atomic_write_text(path, markdown(run_dir))
     return path

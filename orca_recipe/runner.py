@@ -173,10 +173,9 @@ class Runner:
                         left = [s.name for s in stages[i:] if not self.is_done(s)]
                         raise BudgetExceeded(f"{e.args[0]}. Stopped in {stage.name}; not finished: {', '.join(left)}") from None
                     self.stop_if_empty(stage, outcomes[-1], stages[i + 1:])
-                if any(s.kind == "eval" for s in stages):
-                    from orca_recipe.report import write_report
+                from orca_recipe.report import write_report
 
-                    write_report(self.run_dir)
+                write_report(self.run_dir)  # report.md, report.html and the plot, after every run
             finally:
                 self.pool.stop_all()
                 if self._cache is not None:

@@ -321,3 +321,38 @@ def test_a_budget_stops_the_run_at_the_cap_and_a_higher_one_carries_on(tmp_path)
         in_manifests = sum((m.get("usage") or {}).get("cost") or 0 for m in manifests.values())
         # what the finished stages paid is in the ledger; the ledger also has what the capped stage paid before the stop
         assert in_manifests <= sum(r["cost"] for r in ledger) + 1e-9
+
+
+def test_every_run_writes_a_self_contained_html_report_whose_links_resolve(tmp_path):
+    from html.parser import HTMLParser
+
+    with pipeline() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **{**SMALL, "evolve": {"limit": 2, "rounds": 1},
+                                                                   "solve": {"inputs": ["ask_me_anything", "evolve"]}})
+        run = tmp_path / "run"
+        assert run_cli("run", recipe, "--run-dir", run).returncode == 0
+    page = (run / "report.html").read_text()
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids, self.hrefs, self.external = set(), [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if "id" in a:
+                self.ids.add(a["id"])
+            if tag == "a" and a.get("href", "").startswith("#"):
+                self.hrefs.append(a["href"][1:])
+            for k in ("src", "href"):
+                if a.get(k, "").startswith(("http:", "https:", "//")):
+                    self.external.append(a[k])
+
+    c = Collect()
+    c.feed(page)
+    assert not c.external  # no network, no CDN
+    assert c.hrefs and all(h in c.ids for h in c.hrefs), [h for h in c.hrefs if h not in c.ids][:5]
+    assert any(h.startswith("seed-") for h in c.hrefs)  # lineage: a generated problem links to its seed
+    for stage in ("seeds", "ask_me_anything", "evolve", "solve", "filter"):
+        assert f'id="stage-{stage}"' in page
+    assert 'id=q' in page and "addEventListener('input'" in page  # the search box filters the row tables
