@@ -215,6 +215,49 @@ def run(
 
 
 @app.command()
+def preview(
+    recipe: Path = RecipeArg,
+    set_: list[str] = SetOpt,
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds to run the generation half on."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="The full run's directory (default runs/NAME); the preview goes in RUN_DIR/preview."),
+) -> None:
+    """Run the generation half on a few seeds with the recipe's real models; show what each agent wrote and what it cost.
+
+    Its requests go into the full run's request cache, so `run` does not pay for them again."""
+    from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.recipe.ready import check_ready
+    from orca_recipe.report_html import write_html
+    from orca_recipe.rundir import check_writable_dir, hold
+    from orca_recipe.runner import Runner
+    from orca_recipe.store import read_jsonl, read_manifest
+
+    full = compile_file(recipe, set_, run_dir)
+    small = [*set_, f"seeds.limit={min(seeds, full.seed_rows or seeds)}"]
+    for section, key in (("ask_me_anything", "limit"), ("evolve", "limit")):
+        if getattr(full.recipe, section) is not None:
+            small.append(f"{section}.{key}={seeds}")
+    p = compile_file(recipe, small, full.run_dir / "preview")
+    check_ready(p.recipe, p.loaded, {a for s in p.stages for a in s.agents}, 0)
+    check_writable_dir(p.run_dir, "the preview directory")
+    last = "filter" if any(s.name == "filter" for s in p.stages) else p.stages[-1].name
+    with hold(p.run_dir):
+        Runner(p, console=out, cache_path=full.run_dir / "requests.sqlite").run(until=last)
+    spent = 0.0
+    for s in p.stages[: [x.name for x in p.stages].index(last) + 1]:
+        m = read_manifest(p.run_dir / s.name) or {}
+        u = m.get("usage") or {}
+        spent += u.get("cost") or 0.0
+        rows = read_jsonl(p.run_dir / s.name / "data.jsonl") if (p.run_dir / s.name / "data.jsonl").is_file() else []
+        out.rule(f"{s.name}: {len(rows)} rows, {u.get('requests', 0)} requests, ${u.get('cost') or 0:.4f}")
+        for r in rows[:2]:
+            text = r.get("solution") or r.get("question") or ""
+            out.print(f"[bold]{r.get('id')}[/]: {text[:400]}", markup=True, highlight=False)
+    page = write_html(p.run_dir)
+    out.print(f"preview: ${spent:.4f} spent; rows and reasons in {page}; `orca-recipe run {recipe}` reuses these answers from "
+              f"{full.run_dir / 'requests.sqlite'}")
+
+
+@app.command()
 def clean(
     run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny."),
     yes: bool = typer.Option(False, "--yes", help="Remove them (default: only list)."),

@@ -356,3 +356,19 @@ def test_every_run_writes_a_self_contained_html_report_whose_links_resolve(tmp_p
     for stage in ("seeds", "ask_me_anything", "evolve", "solve", "filter"):
         assert f'id="stage-{stage}"' in page
     assert 'id=q' in page and "addEventListener('input'" in page  # the search box filters the row tables
+
+
+def test_preview_shows_a_few_seeds_and_the_full_run_does_not_pay_for_them_again(tmp_path):
+    with pipeline() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **{**SMALL, "seeds": {**SMALL["seeds"], "limit": 4},
+                                                                   "ask_me_anything": {"limit": None}})
+        run = tmp_path / "run"
+        shown = run_cli("preview", recipe, "--seeds", "2", "--run-dir", run)
+        assert shown.returncode == 0, shown.stderr[-1500:]
+        assert "ask_me_anything: " in shown.stdout and "solve: " in shown.stdout and (run / "preview" / "report.html").is_file()
+        previewed = fake.delivered_by_prompt_seed()
+        assert previewed
+        full = run_cli("run", recipe, "--run-dir", run)
+        assert full.returncode == 0, full.stderr[-1500:]
+        assert max(fake.delivered_by_prompt_seed().values()) == 1  # the previewed requests came from the cache
+        assert sum(fake.delivered_by_prompt_seed().values()) > sum(previewed.values())  # and the rest was asked
