@@ -68,21 +68,13 @@ def _damage(path: Path, how: str, rng: random.Random) -> None:
         path.write_bytes(bytes(data))
     elif how == "text":
         path.write_text("this is not a database\n")
-    elif how == "wrong_schema":
-        path.unlink()
+    elif how in ("wrong_schema", "wrong_columns", "future_version"):
+        sql = {"wrong_schema": "CREATE TABLE other (x)", "wrong_columns": "CREATE TABLE responses (key TEXT, blob BLOB)",
+               "future_version": "PRAGMA user_version=99"}[how]
+        if how != "future_version":
+            path.unlink()  # another database in its place
         db = sqlite3.connect(path)
-        db.execute("CREATE TABLE other (x)")
-        db.commit()
-        db.close()
-    elif how == "wrong_columns":
-        path.unlink()
-        db = sqlite3.connect(path)
-        db.execute("CREATE TABLE responses (key TEXT, blob BLOB)")
-        db.commit()
-        db.close()
-    elif how == "future_version":
-        db = sqlite3.connect(path)
-        db.execute("PRAGMA user_version=99")
+        db.execute(sql)
         db.commit()
         db.close()
 
