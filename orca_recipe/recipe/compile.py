@@ -18,7 +18,7 @@ from orca_recipe.chat_template import folder_has_template, template_text
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.home import embedded_model_dir
-from orca_recipe.problems import count_problems, held_out_questions
+from orca_recipe.problems import Records, count_problems, held_out_questions
 from orca_recipe.prompts import Prompt, check_template, load_prompt
 from orca_recipe.recipe.load import Loaded, load_recipe
 from orca_recipe.recipe.schema import DEEPSPEED_PRESETS, Agent, ModelEndpoint, Recipe
@@ -333,25 +333,27 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     n_asked = (n_solve or 0) - ((rows["seeds"] or 0) if solve.gold_solutions and "seeds" in solve.inputs else 0)
     add("solve", "solve", tuple(solve.inputs), solve.model_dump(), (solve.agent,), calls=n_asked * solve.samples, rows=n_solve)
 
+    ev_cfg = None
+    n_eval = None
+    if recipe.eval:
+        evs = recipe.eval  # read (and so checked) before it is hashed: a hostile file fails fast, unhashed
+        n_eval = _limited(count_problems(evs.path, "auto", evs.question_field, evs.answer_field, evs.answer_format, evs.max_solution_steps,
+                                         key="eval.path", need_gold=True, warnings=warnings), evs.limit)
+        ev_cfg = recipe.eval.model_dump(exclude={"path"}) | {"data": content_id(recipe.eval.path)}
+        if not Path(recipe.eval.path).exists():
+            warnings.append(f"eval.path {recipe.eval.path} does not exist yet; `run` will need it")
+
     filt_cfg = recipe.filters.model_dump()
     if recipe.filters.decontaminate is not None:
         contam = recipe.filters.decontaminate.path or (recipe.eval.path if recipe.eval else None)
+        if contam and recipe.filters.decontaminate.path and Path(contam).exists():
+            len(Records(contam, "auto", key="filters.decontaminate.path"))  # read (checked) before it is hashed
         filt_cfg["decontaminate"].pop("path")  # identified by content below
         filt_cfg["decontaminate_data"] = content_id(contam) if contam else None
         filt_cfg |= holdout  # generated problems are checked against the held-out split too
     add("filter", "filter", ("solve",), filt_cfg, rows=n_solve)
 
     # Training and iterations --------------------------------------------------
-    ev_cfg = None
-    n_eval = None
-    if recipe.eval:
-        ev_cfg = recipe.eval.model_dump(exclude={"path"}) | {"data": content_id(recipe.eval.path)}
-        evs = recipe.eval
-        n_eval = _limited(count_problems(evs.path, "auto", evs.question_field, evs.answer_field, evs.answer_format, evs.max_solution_steps,
-                                         key="eval.path", need_gold=True, warnings=warnings), evs.limit)
-        if not Path(recipe.eval.path).exists():
-            warnings.append(f"eval.path {recipe.eval.path} does not exist yet; `run` will need it")
-
     def add_eval(model_stage: str | None, label: str) -> None:
         if ev_cfg is None:
             return
