@@ -157,7 +157,7 @@ def test_the_litellm_path_has_a_whole_reply_deadline_too(tmp_path):
         t = time.monotonic()
         with pytest.raises(LLMError) as ei:
             asyncio.run(llm.complete("m", msgs("drip"), {}))
-        assert time.monotonic() - t < 2 * 1.0 + 0.5 + 4.0  # 2 attempts of 1 s, a wait, litellm's import
+        assert time.monotonic() - t < 30  # ended by the deadline (a trickle of 10**6 bytes at 0.3 s each would take days)
         assert "no whole reply within timeout_s=1" in ei.value.reason
 
 
