@@ -149,9 +149,11 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
 
 def test_cache_home_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ORCA_RECIPE_HOME", str(tmp_path))
-    assert embedded.cache_home() == tmp_path
+    from orca_recipe.home import cache_home
+
+    assert cache_home() == tmp_path and embedded.embedded_model_dir("x") == tmp_path / "models" / "x"
     monkeypatch.delenv("ORCA_RECIPE_HOME")
-    assert embedded.cache_home() == Path.home() / ".cache" / "orca-recipe"
+    assert cache_home() == Path.home() / ".cache" / "orca-recipe"
 
 
 # -- the server manager with a stand-in server (fast) -------------------------------------------

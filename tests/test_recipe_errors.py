@@ -112,8 +112,10 @@ def test_training_counts_and_rates_are_range_checked_before_a_run(tmp_path):
         p = write(tmp_path, base + f"  {part}:\n    axolotl:\n      bf16: false\n      {key}: {value}\n")
         line = base.count("\n") + 4
         assert_user_error(run_cli("validate", p), f"{p}:{line}:", f"training.{part}.axolotl.{key}", why)
-    p = write(tmp_path, base + "  sft:\n    axolotl: {num_epochs: 2, lr_scheduler: cosine, some_new_axolotl_key: [1, 2]}\n")
-    assert run_cli("validate", p).returncode == 0  # any other Axolotl key passes through
+    p = write(tmp_path, base + "  sft:\n    axolotl: {num_epochs: 2, lr_scheduler: cosine, adam_beta2: 0.95}\n")
+    assert run_cli("validate", p).returncode == 0  # any other key Axolotl knows passes through
+    p = write(tmp_path, base + "  sft:\n    axolotl: {num_epochs: 2, some_new_axolotl_key: [1, 2]}\n")
+    assert_user_error(run_cli("validate", p), "training.sft.axolotl", "unknown Axolotl key 'some_new_axolotl_key'")  # a typo is not
 
 
 def test_missing_required_key(tmp_path):
