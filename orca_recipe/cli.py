@@ -263,6 +263,8 @@ def clean(
     yes: bool = typer.Option(False, "--yes", help="Remove them (default: only list)."),
 ) -> None:
     """List (or with --yes remove) the stage outputs of earlier settings kept in RUN_DIR/.superseded."""
+    import shutil
+
     from orca_recipe.runner import superseded
 
     found = superseded(run_dir)
@@ -272,8 +274,6 @@ def clean(
     for folder, size in found:
         out.print(f"{'removed' if yes else 'kept'} {folder.name}  {size / 2**20:,.1f} MiB")
         if yes:
-            import shutil
-
             shutil.rmtree(folder)
     total = sum(size for _, size in found) / 2**20
     out.print(f"{len(found)} superseded output(s), {total:,.1f} MiB" + ("" if yes else "; `--yes` removes them"))

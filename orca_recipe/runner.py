@@ -25,7 +25,7 @@ from rich.text import Text
 
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
-from orca_recipe.llm.budget import BudgetExceeded
+from orca_recipe.llm.budget import Budget, BudgetExceeded
 from orca_recipe.llm.pool import ServerPool, local_timeout
 from orca_recipe.recipe.compile import Plan, StageRun
 from orca_recipe.recipe.fork import effective, to_yaml
@@ -96,8 +96,6 @@ class Runner:
         self.run_dir = self.plan.run_dir
         self.pool = ServerPool(self.run_dir, self.console)
         self._cache: Any = None
-        from orca_recipe.llm.budget import Budget
-
         limit = self.max_cost if self.max_cost is not None else self.plan.recipe.budget_usd
         self.budget = Budget(limit, self.run_dir / "ledger.jsonl")
         self._ids: dict[Path, tuple[tuple[int, int, int], str]] = {}  # data file -> (stat stamp, content id)
