@@ -112,14 +112,26 @@ def show(
     recipe: Path = RecipeArg,
     set_: list[str] = SetOpt,
     defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Fill in every default value."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file, its paths relative to its folder (stdout: absolute paths)."),
 ) -> None:
-    """Print the fully merged recipe (bases, overrides and defaults applied) as YAML."""
-    from orca_recipe.recipe.fork import effective, to_yaml
+    """Print the fully merged recipe (bases, overrides and defaults applied) as YAML that validates on its own."""
+    from orca_recipe.recipe.fork import effective, only_keys_of, to_yaml
     from orca_recipe.recipe.load import load_recipe
 
     r, loaded = load_recipe(recipe, set_)
-    data = effective(r) if defaults else {k: v for k, v in loaded.data.items()}
-    sys.stdout.write(to_yaml(data))
+    data = effective(r, relative_to=out_file.parent if out_file else None)
+    text = to_yaml(data if defaults else only_keys_of(data, loaded.data))
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    from orca_recipe.rundir import check_writable_dir
+    from orca_recipe.store import atomic_write_text
+
+    if out_file.is_dir():
+        raise UserError("--out names a folder; it takes the YAML file to write", where=str(out_file))
+    check_writable_dir(out_file.parent, "--out's folder")
+    atomic_write_text(out_file, text)
+    out.print(f"wrote {out_file}")
 
 
 @app.command()

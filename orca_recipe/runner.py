@@ -153,7 +153,7 @@ class Runner:
         if any(s.agents for s in stages):
             self._open_cache()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "recipe.yaml", to_yaml(effective(self.plan.recipe)))
+        atomic_write_text(self.run_dir / "recipe.yaml", to_yaml(effective(self.plan.recipe, relative_to=self.run_dir)))
         atomic_write_text(
             self.run_dir / "plan.json",
             json.dumps({"recipe": self.plan.recipe.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import yaml
@@ -99,8 +100,27 @@ def test_show_prints_merged_recipe_with_defaults():
     data = yaml.safe_load(proc.stdout)
     assert data["name"] == "orca_math_verifier"
     assert data["evolve"]["verifier"] == "verifier" and data["evolve"]["rounds"] == 2
-    assert data["agents"]["verifier"]["prompt"] == "prompts/verifier.j2"
+    assert data["agents"]["verifier"]["prompt"] == str(REPO / "prompts" / "verifier.j2")
     assert data["practice"]["top_p"] == 0.95 and "extends" not in data
+
+
+def test_a_shown_recipe_validates_wherever_it_is_saved(tmp_path):
+    """`show > flat.yaml` from any folder, and `show -o FILE`, give recipes that validate as they are."""
+    piped = run_cli("show", REPO / "examples" / "orca_math_verifier.yaml", cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "flat.yaml").write_text(piped.stdout)
+    for flags in ([], ["--no-defaults"]):
+        written = tmp_path / "elsewhere" / f"flat{len(flags)}.yaml"
+        proc = run_cli("show", "examples/orca_math_verifier.yaml", "-o", written, *flags)
+        assert proc.returncode == 0, proc.stderr
+        assert not os.path.isabs(yaml.safe_load(written.read_text())["agents"]["verifier"]["prompt"])
+    full, minimal = (yaml.safe_load((tmp_path / "elsewhere" / f"flat{i}.yaml").read_text()) for i in (0, 1))
+    assert "timeout_s" in full["models"]["teacher"] and "timeout_s" not in minimal["models"]["teacher"]   # --no-defaults: what the files set
+    for f in (tmp_path / "deep" / "er" / "flat.yaml", tmp_path / "elsewhere" / "flat0.yaml", tmp_path / "elsewhere" / "flat1.yaml"):
+        check = run_cli("validate", f, "--gpus", "8", cwd=tmp_path / "deep")
+        assert check.returncode == 0, (f, check.stderr)
+    assert run_cli("show", "recipes/tiny.yaml", "-o", tmp_path).returncode == 2
 
 
 def test_diff_identical_recipes():

@@ -9,19 +9,34 @@ from typing import Any
 import yaml
 
 from orca_recipe.errors import UserError
-from orca_recipe.recipe.load import PATH_KEYS, Key, get_key, load_recipe, parse_override, path_keys_in, set_key
+from orca_recipe.recipe.load import PATH_KEYS, Key, file_keys_in, get_key, load_recipe, parse_override, set_key
 from orca_recipe.recipe.schema import Recipe
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "recipe.schema.json"
 
 
 def effective(recipe: Recipe, *, relative_to: Path | None = None, drop_none: bool = False) -> dict[str, Any]:
-    """The recipe with every default filled in; paths relative to `relative_to` (default cwd)."""
+    """The recipe with every default filled in.
+
+    Paths are written relative to `relative_to` (the folder the YAML will live in, so that it
+    validates there, as every recipe's paths are relative to its own file), or absolute when
+    None: text piped to a file whose folder is not known here still validates on this machine.
+    """
     data = recipe.model_dump(mode="json", exclude={"extends"}, exclude_none=drop_none)
-    base = relative_to or Path.cwd()
-    for key in path_keys_in(data):
-        set_key(data, key, os.path.relpath(get_key(data, key), base))
+    for key in file_keys_in(data):
+        value = str(Path(get_key(data, key)).resolve())
+        set_key(data, key, value if relative_to is None else os.path.relpath(value, relative_to.resolve()))
     return data
+
+
+def only_keys_of(data: dict[str, Any], written: dict[str, Any]) -> dict[str, Any]:
+    """`data` cut down to the keys the recipe files and overrides wrote (`show --no-defaults`)."""
+    kept: dict[str, Any] = {}
+    for k, v in written.items():
+        if k == "extends" or k not in data:
+            continue
+        kept[k] = only_keys_of(data[k], v) if isinstance(v, dict) and isinstance(data[k], dict) else data[k]
+    return kept
 
 
 def to_yaml(data: dict[str, Any]) -> str:

@@ -197,13 +197,18 @@ def set_key(data: dict[Any, Any], key: Key, value: Any) -> None:
     data[key[-1]] = value
 
 
+def file_keys_in(data: dict[str, Any]) -> list[Key]:
+    """The PATH_KEYS in `data` whose value names a file, not a preset (zero3, chatml)."""
+    return [key for key in path_keys_in(data) if not _is_preset_name(key, get_key(data, key))]
+
+
+def _is_preset_name(key: Key, value: str) -> bool:
+    return (key == ("training", "distributed", "deepspeed") and value in DEEPSPEED_PRESETS) or (key[-1] == "chat_template" and value in KNOWN_TEMPLATES)
+
+
 def _resolve_paths(data: dict[str, Any], base_dir: Path, pos: dict[Key, str] | None = None) -> None:
-    for key in path_keys_in(data):
+    for key in file_keys_in(data):
         value = get_key(data, key)
-        if key == ("training", "distributed", "deepspeed") and value in DEEPSPEED_PRESETS:
-            continue
-        if key[-1] == "chat_template" and value in KNOWN_TEMPLATES:
-            continue
         if "\x00" in value:
             raise UserError("a path cannot contain a NUL byte", where=(pos or {}).get(key), key=".".join(map(str, key)))
         if not os.path.isabs(value):
