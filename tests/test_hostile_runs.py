@@ -271,7 +271,7 @@ def test_tables_read_at_80_columns_and_the_cli_conventions(tmp_path):
         recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
         run = tmp_path / "run"
         assert run_cli("run", recipe, "--run-dir", run).returncode == 0
-        for args in (("plan", recipe, "--no-prompts", "--no-check-axolotl", "--out", tmp_path / "p"), ("status", run)):
+        for args in (("plan", recipe, "--no-prompts", "--out", tmp_path / "p"), ("status", run)):
             shown = run_cli(*args, env={"COLUMNS": "80"})
             assert shown.returncode == 0, shown.stderr
             lines = shown.stdout.splitlines()
@@ -293,7 +293,7 @@ def test_a_budget_stops_the_run_at_the_cap_and_a_higher_one_carries_on(tmp_path)
     with pipeline() as fake:
         recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, endpoint={"price": price, "concurrency": 2},
                              **{**SMALL, "seeds": {**SMALL["seeds"], "limit": 6}, "ask_me_anything": {"limit": 6}})
-        shown = run_cli("plan", recipe, "--no-prompts", "--no-check-axolotl", "--out", tmp_path / "p", "--set", "budget_usd=0.5")
+        shown = run_cli("plan", recipe, "--no-prompts", "--out", tmp_path / "p", "--set", "budget_usd=0.5")
         assert shown.returncode == 0 and "is over budget_usd $0.50" in " ".join(shown.stdout.split())
         run = tmp_path / "run"
         capped = run_cli("run", recipe, "--run-dir", run, "--max-cost", "1")

@@ -244,5 +244,5 @@ def test_multi_gpu_recipe_plans_anywhere_and_validates_only_where_its_gpus_are(t
             "needs 2 GPUs per node, this machine has no GPU (none found).") in flat
     assert flat.endswith("Run it on a GPU machine; `validate --gpus 2` checks it for one from here.")
     assert run_cli("validate", MULTI, "--gpus", "2").returncode == 0
-    shown = run_cli("plan", MULTI, "--no-prompts", "--no-check-axolotl", "--out", tmp_path / "plan")
+    shown = run_cli("plan", MULTI, "--no-prompts", "--out", tmp_path / "plan")
     assert shown.returncode == 0 and "GPUs needed per node" in shown.stdout and "training.distributed.deepspeed: 2" in shown.stdout

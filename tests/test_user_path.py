@@ -170,6 +170,6 @@ def test_validate_refuses_what_cannot_fit_the_gpus_named():
     for recipe in ("recipes/orca_math.yaml", "recipes/orca_math_7b_multi_gpu.yaml", "examples/orca_math_dpo.yaml"):
         ok = run_cli("validate", REPO / recipe, "--gpus", "8", "--gpu-memory", "80")
         assert ok.returncode == 0, ok.stderr  # the paper recipes fit an 8 x 80 GB node
-    shown = run_cli("plan", REPO / "recipes" / "orca_math.yaml", "--no-prompts", "--no-check-axolotl", "--out", REPO / "runs" / ".plan-test")
+    shown = run_cli("plan", REPO / "recipes" / "orca_math.yaml", "--no-prompts", "--out", REPO / "runs" / ".plan-test")
     assert shown.returncode == 0 and "GPU memory (estimate" in shown.stdout
     assert "sft (Axolotl):" in shown.stdout and "GiB per GPU" in shown.stdout and "vLLM server 'student':" in shown.stdout
