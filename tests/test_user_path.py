@@ -173,3 +173,20 @@ def test_validate_refuses_what_cannot_fit_the_gpus_named():
     shown = run_cli("plan", REPO / "recipes" / "orca_math.yaml", "--no-prompts", "--out", REPO / "runs" / ".plan-test")
     assert shown.returncode == 0 and "GPU memory (estimate" in shown.stdout
     assert "sft (Axolotl):" in shown.stdout and "GiB per GPU" in shown.stdout and "vLLM server 'student':" in shown.stdout
+
+
+def test_plan_shows_the_users_own_seeds_in_every_format(tmp_path):
+    """`plan`'s example prompts come from the user's seed file, CSV and Parquet included, not GSM8K."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    question = "A farmer has 3 cows and buys 4 more. How many cows does the farmer have?"
+    (tmp_path / "seeds.csv").write_text(f'question,answer\n"{question}","3+4=7\n#### 7"\n')
+    pq.write_table(pa.table({"question": [question], "answer": ["3+4=7\n#### 7"]}), tmp_path / "seeds.parquet")
+    for name in ("seeds.csv", "seeds.parquet"):
+        recipe = tmp_path / f"r-{name}.yaml"
+        recipe.write_text(f"extends: {REPO / 'recipes' / 'tiny.yaml'}\nname: mine\n"
+                          f"seeds: {{path: {name}, holdout: null, max_solution_steps: null, limit: 1}}\n")
+        shown = run_cli("plan", recipe, "--out", tmp_path / "p")
+        assert shown.returncode == 0, shown.stderr
+        assert "first seed row of" in shown.stdout and "farmer has 3 cows" in shown.stdout, shown.stdout[-2000:]

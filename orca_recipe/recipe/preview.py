@@ -2,39 +2,41 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from orca_recipe.errors import UserError
 from orca_recipe.prices import batch_price, known_price
+from orca_recipe.problems import Records
 from orca_recipe.recipe.compile import Plan, agent_roles
 from orca_recipe.recipe.schema import Recipe
 
 
-def first_row(path: str, question_field: str, answer_field: str | None) -> dict[str, str] | None:
-    """The first row of a JSONL file as {question, answer}; None when unavailable."""
-    p = Path(path)
-    if not p.is_file() or p.suffix not in (".jsonl", ".ndjson"):
+def first_row(path: str, fmt: str, question_field: str, answer_field: str | None, key: str) -> dict[str, str] | None:
+    """The first row with a question, in any format the stages read (through the same bounded
+    reader), as {question, answer}; None when the file is missing or unreadable: `plan` shows
+    the user's own data, and leaves the errors to `validate` and `run`."""
+    try:
+        for _line, rec in Records(path, fmt, key=key).scan():
+            if isinstance(rec, dict) and isinstance(rec.get(question_field), str) and rec[question_field].strip():
+                answer = rec.get(answer_field) if answer_field else None
+                return {"question": rec[question_field], "answer": "" if answer is None else str(answer)}
+    except UserError:
         return None
-    with p.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                return {"question": str(row.get(question_field, "")), "answer": str(row.get(answer_field, "")) if answer_field else ""}
     return None
 
 
 def example_row(recipe: Recipe) -> tuple[dict[str, str], str]:
     """The first seed row, or the eval set's first row when the seeds are not there yet."""
-    row = first_row(recipe.seeds.path, recipe.seeds.question_field, recipe.seeds.answer_field)
+    s = recipe.seeds
+    row = first_row(s.path, s.format, s.question_field, s.answer_field, "seeds.path")
     if row is not None:
-        return row, "first seed row"
+        return row, f"first seed row of {display_path(s.path)}"
     if recipe.eval is not None:
-        row = first_row(recipe.eval.path, recipe.eval.question_field, recipe.eval.answer_field)
+        row = first_row(recipe.eval.path, "auto", recipe.eval.question_field, recipe.eval.answer_field, "eval.path")
         if row is not None:
-            return row, "first eval row (seed file not found)"
+            return row, f"first eval row of {display_path(recipe.eval.path)} (no usable seed row)"
     return {"question": "<a seed problem>", "answer": "<its answer>"}, "placeholder (no data found)"
 
 
