@@ -189,26 +189,36 @@ def _p(p: float) -> str:
 
 
 def paired_lines(pairs: dict) -> list[str]:
-    """The "Paired comparisons" section of report.md."""
+    """The "Paired comparisons" section of report.md: tables that read at 80 columns."""
     lines = ["## Paired comparisons", "",
              "Same problems, checkpoint B vs A: only A / only B count the problems one side solved and the other missed; "
              "B − A is the difference in pass@1 in percentage points with a 95% Tango score interval. "
              "**Planned** pairs (base → SFT, SFT → each iteration, base → last; fixed before any result) are tested one-sided "
              "(B better than A, exact McNemar) and Holm-adjusted as one family; the other pairs are exploratory: two-sided, "
-             "Holm-adjusted as another family. Read a change as real only when its Holm p < 0.05. "
-             "'untruncated' repeats the planned test on the problems neither reply was cut off on (only A / only B there, Holm p).", "",
-             "| A → B | n | only A / B | B − A (pp) | 95% CI (pp) | p | Holm p | untruncated |",
-             "|---|---:|---:|---:|---|---:|---:|---|"]
-    for q in pairs["pairs"]:
-        lo, hi = q["ci95"]
-        kind = "planned, one-sided" if q["planned"] else "exploratory"
-        raw = q["one_sided_p"] if q["planned"] else q["mcnemar_p"]
-        u = q["untruncated"]
-        unt = f"n={u['n']}, {u['only_a']} / {u['only_b']}, p={_p(u['p_holm'])}" if q["planned"] else ""
-        lines.append(f"| {q['a']} → {q['b']} ({kind}) | {q['n']} | {q['only_a']} / {q['only_b']} | "
-                     f"{_pp(q['diff'])} | {_pp(lo)} – {_pp(hi)} | {_p(raw)} | {_p(q['p_holm'])} | {unt} |")
+             "Holm-adjusted as another family. Read a change as real only when its Holm p < 0.05.", ""]
+    header = ["| A → B | n | only A / B | B − A | 95% CI | p | Holm p |", "|---|---:|---:|---:|---|---:|---:|"]
+    planned = [q for q in pairs["pairs"] if q["planned"]]
+    exploratory = [q for q in pairs["pairs"] if not q["planned"]]
+    for title, group in (("Planned (one-sided)", planned), ("Exploratory (two-sided)", exploratory)):
+        if not group:
+            continue
+        lines += [f"### {title}", "", *header]
+        for q in group:
+            lo, hi = q["ci95"]
+            raw = q["one_sided_p"] if q["planned"] else q["mcnemar_p"]
+            lines.append(f"| {q['a']} → {q['b']} | {q['n']} | {q['only_a']} / {q['only_b']} | "
+                         f"{_pp(q['diff'])} | {_pp(lo)} – {_pp(hi)} | {_p(raw)} | {_p(q['p_holm'])} |")
+        lines.append("")
+    if planned:
+        lines += ["### Planned, on the problems neither reply was cut off", "",
+                  "The same one-sided test and Holm family, leaving out every problem where A or B hit max_tokens: "
+                  "a gain that is only the answer format shows here as none.", "",
+                  "| A → B | n | only A / B | Holm p |", "|---|---:|---:|---:|"]
+        lines += [f"| {q['a']} → {q['b']} | {q['untruncated']['n']} | {q['untruncated']['only_a']} / {q['untruncated']['only_b']} | "
+                  f"{_p(q['untruncated']['p_holm'])} |" for q in planned]
+        lines.append("")
     if not pairs["pairs"]:
-        lines.append("| (fewer than two comparable eval stages) | | | | | | | |")
+        lines += ["(fewer than two comparable eval stages)", ""]
     lines += [f"- {s['a']} vs {s['b']} not compared: {s['reason']}" for s in pairs["skipped"]]
     return lines + [""]
 
@@ -216,25 +226,28 @@ def paired_lines(pairs: dict) -> list[str]:
 def markdown(run_dir: Path) -> str:
     evals, manifests = collect(run_dir)
     lines = [f"# Report: {run_dir}", "", "## pass@1 (greedy)", "",
-             "| stage | model | n | correct | pass@1 | 95% CI | truncated |", "|---|---|---:|---:|---:|---|---:|"]
+             "| stage | model | n | correct | pass@1 | 95% CI | cut off |", "|---|---|---:|---:|---:|---|---:|"]
     for e in checkpoints(run_dir, evals):
         lo, hi = e["ci95"]
         cut = "–" if e["truncated"] is None else e["truncated"]
         lines.append(f"| {e['stage']} | {e['model']} | {e['n']} | {e['correct']} | {e['pass_at_1']:.1%} | {lo:.1%} – {hi:.1%} | {cut} |")
     if not evals:
         lines.append("| (no eval stage has run) | | | | | | |")
-    lines += [""] + paired_lines(paired(run_dir, evals))
+    lines += ["", "cut off: replies that reached the eval's max_tokens.", ""] + paired_lines(paired(run_dir, evals))
     stale = stale_stages(run_dir)
     if stale:
         lines += [f"Left out as stale (finished for another fingerprint than this run's plan; run the recipe again): {', '.join(stale)}", ""]
-    lines += ["## Stages", "", "| stage | rows | rejected | failed | LLM requests | cached | seconds | notes |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["## Stages", "", "| stage | rows | rejected | failed | calls | cached | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    notes = []
     for m in manifests:
         u = m.get("usage") or {}
         rep = m.get("report") or {}
-        notes = ", ".join(f"{k}={v}" for k, v in rep.items() if k in NOTE_KEYS)
-        lines.append(f"| {m['stage']} | {m['rows']} | {m['rejects']} | {m['failures']} | {u.get('requests', 0)} | {u.get('cache_hits', 0)} | {m['seconds']:.1f} | {notes} |")
+        lines.append(f"| {m['stage']} | {m['rows']} | {m['rejects']} | {m['failures']} | {u.get('requests', 0)} | {u.get('cache_hits', 0)} | {m['seconds']:.1f} |")
+        shown = ", ".join(f"{k}={v}" for k, v in rep.items() if k in NOTE_KEYS)
+        if shown:
+            notes.append(f"- {m['stage']}: {shown}")
     total = sum(m["seconds"] for m in manifests)
-    lines += ["", f"Total stage time: {total:.0f} s.", ""]
+    lines += ["", "calls: LLM requests sent; cached: answered from the request cache.", "", *notes, "", f"Total stage time: {total:.0f} s.", ""]
     if (run_dir / "pass_at_1.png").is_file():
         lines.append(f"Plot: {run_dir / 'pass_at_1.png'}")
     return "\n".join(lines) + "\n"

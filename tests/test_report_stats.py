@@ -259,12 +259,14 @@ def test_markdown_has_paired_table(tmp_path):
     assert "| eval_base | base | 40 | 10 | 25.0% |" in md
     assert "| eval_2 | train_2 | 40 | 21 | 52.5% |" in md and md.split("| eval_2 | train_2 |")[1].split("\n")[0].endswith("| 3 |")
     assert md.split("| eval_sft | sft |")[1].split("\n")[0].endswith("| – |")  # no finish_reason recorded
-    row = next(line for line in md.splitlines() if line.startswith("| eval_base → eval_sft "))
+    planned = md.split("### Planned (one-sided)")[1].split("###")[0]
+    row = next(line for line in planned.splitlines() if line.startswith("| eval_base → eval_sft "))
     # planned, one-sided: P(X >= 12 | 14, 1/2) = 106/16384; Holm over the three planned pairs
-    assert row.startswith("| eval_base → eval_sft (planned, one-sided) | 40 | 2 / 12 | +25.0 |")
-    assert "| 0.0065 | 0.0191 |" in row and "n=40, 2 / 12" in row  # no finish_reason in eval_sft / eval_base: nothing cut
-    row = next(line for line in md.splitlines() if line.startswith("| eval_sft → eval_2 "))
-    assert "n=37" in row  # the three replies eval_2 cut off are left out of the untruncated test
+    assert row.startswith("| eval_base → eval_sft | 40 | 2 / 12 | +25.0 |") and row.endswith("| 0.0065 | 0.0191 |")
+    untruncated = md.split("### Planned, on the problems neither reply was cut off")[1].split("##")[0]
+    assert "| eval_base → eval_sft | 40 | 2 / 12 |" in untruncated  # no finish_reason in eval_sft / eval_base: nothing cut
+    assert "| eval_sft → eval_2 | 37 |" in untruncated  # the three replies eval_2 cut off are left out of the untruncated test
+    assert max(len(line) for line in md.splitlines() if line.startswith("|")) <= 80  # the tables read at 80 columns
     assert "| seeds | 1 |" in md and "Total stage time" in md
 
 
@@ -293,6 +295,9 @@ def test_cli_json_markdown_and_bad_format(tmp_path):
     shown = run_cli("report", run)
     assert shown.returncode == 0, shown.stderr
     assert "Paired comparisons" in shown.stdout and (run / "report.md").is_file()
+    narrow = run_cli("report", run, env={"COLUMNS": "80"})
+    assert narrow.returncode == 0 and max(map(len, narrow.stdout.splitlines())) <= 80
+    assert "…" not in narrow.stdout and "eval_base → eval_sft" in narrow.stdout  # no cell cut at 80 columns
 
     bad = run_cli("report", run, "--format", "xml")
     assert bad.returncode == 2 and bad.stdout == ""
