@@ -23,6 +23,7 @@ err = Console(stderr=True)
 
 SetOpt = typer.Option([], "--set", "-s", help="Override a key: a.b.c=value (value parsed as YAML). Repeatable.")
 RecipeArg = typer.Argument(..., help="Recipe YAML file.")
+ProjectOpt = typer.Option(None, "--project", help="The folder of run directories whose finished stages this run may reuse (default: the run directory's parent).")
 
 
 def _version(value: bool) -> None:
@@ -85,13 +86,15 @@ def plan(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory the plan is for (default runs/NAME)."),
     prompts: bool = typer.Option(True, "--prompts/--no-prompts", help="Show one rendered example prompt per agent."),
     check_axolotl: bool = typer.Option(False, "--check-axolotl/--no-check-axolotl", help="Also check the rendered configs with Axolotl's schema (slow: imports Axolotl)."),
+    project: Optional[Path] = ProjectOpt,
 ) -> None:
-    """Show the stages, call counts, token/cost estimate and example prompts; spends nothing."""
+    """Show the stages, call counts, token/cost estimate and example prompts, and what is finished already; spends nothing."""
     from orca_recipe.recipe.compile import compile_file
-    from orca_recipe.recipe.plan_view import render_gpu_needs, render_plan, write_trainer_configs
+    from orca_recipe.recipe.plan_view import render_gpu_needs, render_plan, render_reuse, write_trainer_configs
 
     p = compile_file(recipe, set_, run_dir)
     render_plan(out, p, show_prompts=prompts)
+    render_reuse(out, p, project or p.run_dir.parent)
     render_gpu_needs(out, p)
     written = write_trainer_configs(p, out_dir or p.run_dir / "plan")
     for path in written:
@@ -187,10 +190,12 @@ def run(
                                                              "evolve, solve, filter, eval_base, sft, eval_sft, practice_N, judge_N, preferences_N, train_N, eval_N)."),
     only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must be done)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/NAME)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Request cache file (default RUN_DIR/requests.sqlite)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Request cache file (default PROJECT/requests.sqlite, shared by the project's runs; "
+                                                               "RUN_DIR/requests.sqlite where a run has its own)."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0, help="Budget in dollars for this run directory (over the recipe's budget_usd)."),
+    project: Optional[Path] = ProjectOpt,
 ) -> None:
-    """Run the recipe: skip stages whose fingerprint is unchanged, resume the rest from the cache."""
+    """Run the recipe: skip stages whose fingerprint is unchanged, take those another run of the project finished, resume the rest from the cache."""
     from orca_recipe.llm.hardware import gpu_count
     from orca_recipe.recipe.compile import compile_file
     from orca_recipe.recipe.machine import check_machine
@@ -208,19 +213,21 @@ def run(
     check_machine(p.recipe, p.loaded, gpu_count())
     check_ready(p.recipe, p.loaded, {a for s in p.stages for a in s.agents}, gpu_count())  # before anything is paid
     check_writable_dir(p.run_dir, "--run-dir" if run_dir else "the run directory")
-    if cache is not None:
-        check_cache_file(cache)
+    from orca_recipe.project import default_cache
+
+    check_cache_file(cache if cache is not None else default_cache(p.run_dir, project))
     for w in p.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     with hold(p.run_dir):
-        runner = Runner(p, console=out, cache_path=cache, max_cost=max_cost)
+        runner = Runner(p, console=out, cache_path=cache, max_cost=max_cost, project=project)
         outcomes = runner.run(until=until, only=only)
     ran = [o for o in outcomes if o.state == "ran"]
+    reused = sum(1 for o in outcomes if o.state == "reused")
     requests = sum(o.requests for o in outcomes)
     hits = sum(o.cache_hits for o in outcomes)
     out.print(
-        f"{len(ran)} stage(s) ran, {len(outcomes) - len(ran)} skipped; {requests} LLM requests made, {hits} answered from cache; "
-        f"run directory {p.run_dir}"
+        f"{len(ran)} stage(s) ran, {len(outcomes) - len(ran) - reused} skipped, {reused} reused from other runs; "
+        f"{requests} LLM requests made, {hits} answered from cache; run directory {p.run_dir}"
     )
     if (p.run_dir / "report.md").is_file() and any(o.name.startswith("eval_") for o in outcomes):
         from rich.markdown import Markdown
@@ -238,6 +245,7 @@ def preview(
     """Run the generation half on a few seeds with the recipe's real models; show what each agent wrote and what it cost.
 
     Its requests go into the full run's request cache, so `run` does not pay for them again."""
+    from orca_recipe.project import default_cache
     from orca_recipe.recipe.compile import compile_file
     from orca_recipe.recipe.ready import check_ready
     from orca_recipe.report_html import write_html
@@ -255,7 +263,7 @@ def preview(
     check_writable_dir(p.run_dir, "the preview directory")
     last = "filter" if any(s.name == "filter" for s in p.stages) else p.stages[-1].name
     with hold(p.run_dir):
-        Runner(p, console=out, cache_path=full.run_dir / "requests.sqlite").run(until=last)
+        Runner(p, console=out, cache_path=default_cache(full.run_dir)).run(until=last)
     spent = 0.0
     for s in p.stages[: [x.name for x in p.stages].index(last) + 1]:
         m = read_manifest(p.run_dir / s.name) or {}
@@ -268,7 +276,7 @@ def preview(
             out.print(f"[bold]{r.get('id')}[/]: {text[:400]}", markup=True, highlight=False)
     page = write_html(p.run_dir)
     out.print(f"preview: ${spent:.4f} spent; rows and reasons in {page}; `orca-recipe run {recipe}` reuses these answers from "
-              f"{full.run_dir / 'requests.sqlite'}")
+              f"{default_cache(full.run_dir)}")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.llm.budget import Budget, BudgetExceeded
 from orca_recipe.llm.pool import ServerPool, local_timeout
+from orca_recipe.project import SUPERSEDED, default_cache, finished_elsewhere, link_tree
 from orca_recipe.recipe.compile import Plan, StageRun
 from orca_recipe.recipe.fork import effective, to_yaml
 from orca_recipe.stages.base import StageContext, StageResult
@@ -77,7 +78,7 @@ def make_progress(console: Console) -> Progress:
 @dataclass
 class StageOutcome:
     name: str
-    state: str  # ran | skipped
+    state: str  # ran | skipped | reused (from another run of the project)
     seconds: float
     rows: int
     requests: int = 0
@@ -91,6 +92,7 @@ class Runner:
     cache_path: Path | None = None
     quiet: bool = False
     max_cost: float | None = None  # overrides the recipe's budget_usd
+    project: Path | None = None  # where other runs' finished stages are found (default: the run directory's parent)
 
     def __post_init__(self) -> None:
         self.run_dir = self.plan.run_dir
@@ -144,7 +146,7 @@ class Runner:
         if self._cache is None:
             from orca_recipe.llm.cache import RequestCache
 
-            self._cache = RequestCache(self.cache_path or self.run_dir / "requests.sqlite")
+            self._cache = RequestCache(self.cache_path or default_cache(self.run_dir, self.project))
         return self._cache
 
     # ---- execution -------------------------------------------------------------
@@ -191,6 +193,12 @@ class Runner:
             if not self.quiet:
                 self.console.print(f"[green]✓[/] {stage.name}: done ({m.get('rows', '?')} rows), fingerprint {stage.fingerprint[:8]} unchanged — skipped")
             return StageOutcome(stage.name, "skipped", 0.0, int(m.get("rows", 0)))
+        if self.reuse(stage):
+            m = read_manifest(out_dir) or {}
+            if not self.quiet:
+                self.console.print(f"[green]✓[/] {stage.name}: reused ({m.get('rows', '?')} rows) from {m['reused_from']}, "
+                                   f"fingerprint {stage.fingerprint[:8]} — nothing paid")
+            return StageOutcome(stage.name, "reused", 0.0, int(m.get("rows", 0)))
         for inp in stage.inputs:
             if not self.has_output(self.plan.stage(inp)):
                 raise UserError(f"stage '{stage.name}' needs '{inp}', which is not done; run without --only, or with --until {stage.name}")
@@ -270,6 +278,30 @@ class Runner:
         top = "; ".join(f"{n}x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3]) or "no rows came in"
         raise UserError(f"{stage.name} produced 0 rows, and {', '.join(readers)} need{'s' if len(readers) == 1 else ''} them: {top} "
                         f"(see {out_dir / 'rejects.jsonl'} and failures.jsonl); stopped here")
+
+    def reuse(self, stage: StageRun) -> bool:
+        """Take this stage's output from another run of the project that finished it for the
+        same fingerprint on the same input datasets (`project.py`); True when it did."""
+        if not all(self.has_output(self.plan.stage(i)) for i in stage.inputs):
+            return False
+        project = self.project or self.run_dir.parent
+        found = finished_elsewhere(project, self.run_dir, stage.name, stage.fingerprint, self.input_data(stage))
+        if found is None:
+            return False
+        out_dir = self.run_dir / stage.name
+        if out_dir.exists():
+            if _fingerprint_of(out_dir) == stage.fingerprint:
+                shutil.rmtree(out_dir)  # an unfinished attempt at what is finished elsewhere
+            else:
+                set_aside(out_dir)
+        try:
+            link_tree(found, out_dir)
+        except OSError:
+            shutil.rmtree(out_dir, ignore_errors=True)  # the other run moved it meanwhile: run the stage here
+            return False
+        m = read_manifest(out_dir) or {}
+        write_manifest(out_dir, {**m, "reused_from": str(found)})
+        return self.is_done(stage)
 
     @staticmethod
     def _claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:
@@ -400,7 +432,6 @@ class Runner:
         return [r["question"] for r in rows] + held_out
 
 
-SUPERSEDED = ".superseded"  # RUN_DIR/.superseded/STAGE-FINGERPRINT: outputs of earlier settings
 
 
 def _fingerprint_of(folder: Path) -> str | None:

@@ -68,39 +68,18 @@ def _ctx(plan, name, inputs, run_dir: Path) -> StageContext:
     return StageContext(plan=plan, stage=plan.stage(name), inputs=inputs, out_dir=run_dir / name)
 
 
-def test_sft_then_kto_train_for_real(tmp_path, embedded_model_dir):
-    plan = compile_file(
-        REPO / "recipes" / "tiny.yaml",
-        ["training.sft.axolotl.max_steps=2", "training.preference.axolotl.max_steps=2"],
-        run_dir=tmp_path,
-    )
-    solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
-               "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
-    sft = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
-    assert sft.report["steps"] == 2 and is_model_folder(tmp_path / "sft" / "output")
-    assert "Training completed" in (tmp_path / "sft" / "train.log").read_text()
-    assert sft.report["resume_checkpoints_removed_bytes"] > 0 and not list((tmp_path / "sft" / "output").glob("checkpoint-*"))
-
-    judged = [{"id": f"p{i}#s{k}", "problem_id": f"p{i}", "question": solved[i]["question"],
-               "response": f"#### {i + 2 + k}", "correct": k == 0} for i in range(4) for k in range(2)]
-    prefs = asyncio.run(preferences.run(_ctx(plan, "preferences_2", {"judge_2": judged, "filter": solved}, tmp_path)))
-    assert prefs.report["desirable"] == 4 and prefs.report["undesirable"] == 4
-    write_jsonl(tmp_path / "preferences_2" / "data.jsonl", prefs.rows)
-    kto = asyncio.run(train.run(_ctx(plan, "train_2", {"preferences_2": prefs.rows, "sft": []}, tmp_path)))
-    assert kto.report["steps"] == 2 and is_model_folder(tmp_path / "train_2" / "output")
-
-
-def test_a_killed_sft_resumes_from_its_last_checkpoint(tmp_path, embedded_model_dir):
+def test_a_killed_sft_resumes_from_its_last_checkpoint_then_kto_trains_on_it(tmp_path, embedded_model_dir):
     """Checkpoints come every `checkpoint_every_steps` steps: SFT killed (SIGKILL, as an OOM
-    killer or a lost node would) after its step-2 checkpoint resumes there, not from step 0."""
+    killer or a lost node would) after its step-2 checkpoint resumes there, not from step 0;
+    KTO then trains from the SFT model (one SFT run serves both checks: CI time)."""
     import signal
     import threading
     import time
 
     from orca_recipe.errors import UserError
 
-    plan = compile_file(REPO / "recipes" / "tiny.yaml", ["training.sft.axolotl.max_steps=4", "training.checkpoint_every_steps=2"],
-                        run_dir=tmp_path)
+    plan = compile_file(REPO / "recipes" / "tiny.yaml", ["training.sft.axolotl.max_steps=4", "training.checkpoint_every_steps=2",
+                                                         "training.preference.axolotl.max_steps=2"], run_dir=tmp_path)
     assert plan.stage("sft").trainer_config["save_steps"] == 2
     solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
                "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
@@ -130,6 +109,16 @@ def test_a_killed_sft_resumes_from_its_last_checkpoint(tmp_path, embedded_model_
     assert again.report["steps"] == 4 and is_model_folder(output)
     log = (tmp_path / "sft" / "train.log").read_text()
     assert "checkpoint-2" in log.split("$ ")[-1]  # the second launch loaded the checkpoint
+    assert "Training completed" in log
+    assert again.report["resume_checkpoints_removed_bytes"] > 0 and not list(output.glob("checkpoint-*"))
+
+    judged = [{"id": f"p{i}#s{k}", "problem_id": f"p{i}", "question": solved[i]["question"],
+               "response": f"#### {i + 2 + k}", "correct": k == 0} for i in range(4) for k in range(2)]
+    prefs = asyncio.run(preferences.run(_ctx(plan, "preferences_2", {"judge_2": judged, "filter": solved}, tmp_path)))
+    assert prefs.report["desirable"] == 4 and prefs.report["undesirable"] == 4
+    write_jsonl(tmp_path / "preferences_2" / "data.jsonl", prefs.rows)
+    kto = asyncio.run(train.run(_ctx(plan, "train_2", {"preferences_2": prefs.rows, "sft": []}, tmp_path)))
+    assert kto.report["steps"] == 2 and is_model_folder(tmp_path / "train_2" / "output")
 
 
 def test_lora_sft_trains_an_adapter_and_merges_it_for_serving(tmp_path, embedded_model_dir):

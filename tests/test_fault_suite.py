@@ -186,7 +186,7 @@ def test_sigkill_mid_stage_with_faults_then_rerun_matches_uninterrupted_run(faul
     assert 0 < before < unique, (before, unique)
     # killed inside a stage: not every LLM stage is complete
     assert not all((run_dir / s / "manifest.json").exists() for s in ("ask_me_anything", "evolve", "solve"))
-    db = sqlite3.connect(run_dir / "requests.sqlite")
+    db = sqlite3.connect(run_dir.parent / "requests.sqlite")  # the project's cache, beside the run directory
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
     finished = db.execute("select count(*) from responses").fetchone()[0]
     db.close()

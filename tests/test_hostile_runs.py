@@ -86,12 +86,12 @@ def test_a_damaged_cache_is_one_error_and_nothing_in_the_run_is_lost(tmp_path, h
         run = tmp_path / "run"
         first = run_cli("run", recipe, "--run-dir", run)
         assert first.returncode == 0, first.stderr[-1000:]
-        cache = run / "requests.sqlite"
+        cache = tmp_path / "requests.sqlite"  # the project's cache, beside the run directory
         subprocess.run([sys.executable, "-c", f"import sqlite3; d=sqlite3.connect({str(cache)!r}); d.execute('PRAGMA wal_checkpoint(TRUNCATE)'); d.close()"],
                        check=True)
         before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "requests.sqlite" not in p.name}
         _damage(cache, how, random.Random(how))
-        for p in run.glob("requests.sqlite-*"):
+        for p in tmp_path.glob("requests.sqlite-*"):
             p.unlink()
         sent = fake.requests_by_prompt_seed.total()
         out = run_cli("run", recipe, "--run-dir", run, "--set", "ask_me_anything.questions_per_seed=3")  # a stage must run again

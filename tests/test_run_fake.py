@@ -67,7 +67,7 @@ def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
     concurrency = 4
     with FakeOpenAI(responder=pipeline_reply, latency=0.15) as srv:
         recipe = write_recipe(tmp_path, srv.api_base, seeds=12, concurrency=concurrency)
-        clean = run_cli("run", recipe, "--run-dir", tmp_path / "clean", "--until", "solve")
+        clean = run_cli("run", recipe, "--run-dir", tmp_path / "clean" / "run", "--until", "solve")  # a project of its own
         assert clean.returncode == 0, clean.stderr
         def delivered() -> int:  # answers that reached the client: what was paid for
             return sum(srv.delivered_by_prompt_seed().values())
@@ -75,7 +75,7 @@ def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
         unique = delivered()
         srv.reset_counters()
 
-        run_dir = tmp_path / "killed"
+        run_dir = tmp_path / "killed" / "run"
         env = dict(os.environ, COLUMNS="120")
         proc = subprocess.Popen([sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(run_dir), "--until", "solve"],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,7 +86,8 @@ def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
         proc.wait()
         before = delivered()
         assert 0 < before < unique
-        finished = sqlite3.connect(run_dir / "requests.sqlite").execute("select count(*) from responses").fetchone()[0] if (run_dir / "requests.sqlite").exists() else 0
+        db = run_dir.parent / "requests.sqlite"  # the project's cache
+        finished = sqlite3.connect(db).execute("select count(*) from responses").fetchone()[0] if db.exists() else 0
 
         again = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve")
         assert again.returncode == 0, again.stderr
@@ -96,7 +97,7 @@ def test_sigkill_mid_stage_then_rerun_repays_nothing_finished(tmp_path):
         assert finished > 0 and 0 <= repaid <= concurrency
         assert delivered() - before >= unique - finished  # what had not finished was asked for
         for stage in ("ask_me_anything", "evolve", "solve"):
-            assert read(run_dir, stage) == read(tmp_path / "clean", stage), stage
+            assert read(run_dir, stage) == read(tmp_path / "clean" / "run", stage), stage
 
 
 def test_api_key_never_reaches_the_run_directory_or_output(tmp_path):
@@ -105,9 +106,10 @@ def test_api_key_never_reaches_the_run_directory_or_output(tmp_path):
         run_dir = tmp_path / "run"
         ok = run_cli("run", recipe, "--run-dir", run_dir, "--until", "filter", env={"ORCA_TEST_KEY": KEY})
         assert ok.returncode == 0, ok.stderr
-        bad = run_cli("run", recipe, "--run-dir", tmp_path / "run2", "--until", "filter", env={"ORCA_TEST_KEY": "sk-wrong-" + KEY[::-1]})
+        # projects of their own: in `run`'s project they would reuse its stages and send nothing
+        bad = run_cli("run", recipe, "--run-dir", tmp_path / "p2" / "run", "--until", "filter", env={"ORCA_TEST_KEY": "sk-wrong-" + KEY[::-1]})
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
-        missing = run_cli("run", recipe, "--run-dir", tmp_path / "run3", "--until", "filter", env={"ORCA_TEST_KEY": ""})
+        missing = run_cli("run", recipe, "--run-dir", tmp_path / "p3" / "run", "--until", "filter", env={"ORCA_TEST_KEY": ""})
         assert missing.returncode == 2 and "ORCA_TEST_KEY" in missing.stderr
     for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr, missing.stdout, missing.stderr):
         assert KEY not in text and KEY[::-1] not in text
@@ -137,3 +139,32 @@ def test_a_changed_stage_starts_from_a_clean_folder(tmp_path):
         changed = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve", "--set", "solve.max_answer_chars=900")
         assert changed.returncode == 0, changed.stderr
         assert not leftover.exists() and json.loads((run_dir / "solve" / "stage.json").read_text())["fingerprint"] == json.loads((run_dir / "solve" / "manifest.json").read_text())["fingerprint"]
+
+
+def test_a_fork_reuses_what_its_base_finished_and_pays_only_for_what_changed(tmp_path):
+    """Two runs of one project: the fork's stages with the base's fingerprints are taken from the
+    base's run directory (no request, even with a cache of its own); the changed one runs."""
+    with FakeOpenAI(responder=pipeline_reply) as srv:
+        recipe = write_recipe(tmp_path, srv.api_base)
+        runs = tmp_path / "runs"
+        base = run_cli("run", recipe, "--run-dir", runs / "base", "--until", "filter")
+        assert base.returncode == 0, base.stderr + base.stdout
+        paid = srv.total_requests
+        planned = run_cli("plan", recipe, "--run-dir", runs / "fork", "--no-prompts", "--set", "evolve.rounds=1", "--out", tmp_path / "p")
+        assert planned.returncode == 0 and "reused from" in planned.stdout and "ask_me_anything" in planned.stdout.split("reused from")[1]
+        fork = run_cli("run", recipe, "--run-dir", runs / "fork", "--until", "filter", "--set", "evolve.rounds=1")
+        assert fork.returncode == 0, fork.stderr + fork.stdout
+        # evolve's one round asks what the base's first round asked, and solve's 18 seed and AMA
+        # problems too: all from the project's request cache (runs/requests.sqlite); only the 6
+        # problems the one-round evolution made are new
+        assert srv.total_requests - paid == 6, fork.stdout
+        assert (runs / "requests.sqlite").is_file() and not (runs / "fork" / "requests.sqlite").exists()
+        assert "seeds: reused" in fork.stdout and "ask_me_anything: reused" in fork.stdout and "2 reused from other runs" in fork.stdout
+        m = json.loads((runs / "fork" / "ask_me_anything" / "manifest.json").read_text())
+        assert m["reused_from"] == str(runs / "base" / "ask_me_anything")
+        assert read(runs / "fork", "ask_me_anything") == read(runs / "base", "ask_me_anything")
+        assert json.loads((runs / "base" / "ask_me_anything" / "manifest.json").read_text()).get("reused_from") is None  # the base is untouched
+        again = run_cli("run", recipe, "--run-dir", runs / "fork", "--until", "filter", "--set", "evolve.rounds=1")
+        assert again.returncode == 0 and srv.total_requests - paid == 6 and "0 LLM requests made" in again.stdout
+        alone = run_cli("run", recipe, "--run-dir", runs / "alone", "--until", "ask_me_anything", "--project", tmp_path / "elsewhere")
+        assert alone.returncode == 0 and "reused" not in alone.stdout.split("stage(s) ran")[0]  # another project: nothing found

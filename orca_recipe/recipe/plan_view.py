@@ -109,3 +109,28 @@ def write_trainer_configs(plan: Plan, out_dir: Path) -> list[Path]:
             atomic_write_text(path, yaml.safe_dump(s.trainer_config, sort_keys=False))
             written.append(path)
     return written
+
+
+def render_reuse(console: Console, plan: Plan, project: Path) -> None:
+    """Which stages `run` will not pay for: finished here for their fingerprint, or in another run
+    of the project (reused when their input datasets match too, as they do when the stages
+    before them are the same)."""
+    from orca_recipe.project import finished_elsewhere
+    from orca_recipe.store import read_manifest
+
+    here: list[str] = []
+    elsewhere: dict[str, list[str]] = {}
+    for s in plan.stages:
+        m = read_manifest(plan.run_dir / s.name) if (plan.run_dir / s.name).is_dir() else None
+        if m and m.get("complete") and m.get("fingerprint") == s.fingerprint:
+            here.append(s.name)
+            continue
+        found = finished_elsewhere(project, plan.run_dir, s.name, s.fingerprint, None)
+        if found is not None:
+            elsewhere.setdefault(display_path(str(found.parent)), []).append(s.name)
+    if here:
+        console.print(f"done in this run directory: {', '.join(here)}")
+    for where, names in elsewhere.items():
+        console.print(f"reused from {where} (same fingerprint): {', '.join(names)}")
+    if not here and not elsewhere:
+        console.print(f"[dim]no stage finished for these fingerprints in {display_path(str(project))}: `run` computes every stage[/]")
