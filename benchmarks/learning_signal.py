@@ -13,8 +13,8 @@ difference (95% Tango interval), one-sided exact McNemar p and Holm-adjusted p, 
 `--split dev` (the default) scores on data/gsm8k/dev.jsonl: 440 one- and two-step GSM8K
 *train* problems that recipes/tiny.yaml holds out of its seeds (`seeds.holdout`). Every
 tuning decision is made there. `--split test` scores the shipped recipe once on the 440 test
-problems; it starts from a copy of the same point's dev folder (its trained models included,
-the eval stages left out), so only the three evaluations run again.
+problems; every stage but the evaluations is reused from the dev run (the project's stages are
+found by fingerprint), so only the three evaluations run again.
 
 A sweep is a few calls, e.g.
   ... learning_signal.py --until eval_sft --set training.sft.axolotl.learning_rate=5.0e-5
@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -60,9 +59,11 @@ def main() -> None:
     overrides = list(args.overrides)
     if args.split == "dev":
         overrides.append(f"eval.path={REPO / 'data' / 'gsm8k' / 'dev.jsonl'}")
-    elif not run_dir.exists() and (point / "dev").is_dir():  # the same trained models, scored on test
-        shutil.copytree(point / "dev", run_dir, ignore=lambda d, names: [n for n in names if n.startswith("eval_")] if Path(d) == point / "dev" else [])
-    cmd = [*CLI, "run", str(REPO / "recipes" / "tiny.yaml"), "--run-dir", str(run_dir), "--cache", str(args.runs / "requests.sqlite")]
+    # every point is a run of one project (--runs): a stage another point or split finished for the
+    # same fingerprint is reused (the test split scores the dev split's trained models), and
+    # every request is answered from the project's cache when it was asked before
+    cmd = [*CLI, "run", str(REPO / "recipes" / "tiny.yaml"), "--run-dir", str(run_dir), "--project", str(args.runs),
+           "--cache", str(args.runs / "requests.sqlite")]
     for o in overrides:
         cmd += ["--set", o]
     if args.until:
