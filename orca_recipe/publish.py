@@ -84,6 +84,7 @@ def _portable_manifest(manifest: dict, run_dir: Path) -> str:
     """The manifest with this machine's run folder written as '.', so no local path is published."""
     from orca_recipe.home import cache_home
 
+    manifest = {k: v for k, v in manifest.items() if k != "reused_from"}  # another run's folder on this machine
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
     for prefix, shown in ((str(run_dir.resolve()), "."), (str(run_dir.absolute()), "."), (str(cache_home()), "$ORCA_RECIPE_HOME"),
                           (str(Path.home()), "~")):
