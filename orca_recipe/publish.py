@@ -84,9 +84,11 @@ def _portable_manifest(manifest: dict, run_dir: Path) -> str:
     """The manifest with this machine's run folder written as '.', so no local path is published."""
     from orca_recipe.home import cache_home
 
-    manifest = {k: v for k, v in manifest.items() if k != "reused_from"}  # another run's folder on this machine
+    origin = manifest.get("reused_from")  # a stage taken from another run of the project: its paths are that run's
+    manifest = {k: v for k, v in manifest.items() if k != "reused_from"}
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    for prefix, shown in ((str(run_dir.resolve()), "."), (str(run_dir.absolute()), "."), (str(cache_home()), "$ORCA_RECIPE_HOME"),
+    others = ((str(Path(origin).parent.parent), "."),) if isinstance(origin, str) else ()
+    for prefix, shown in (*others, (str(run_dir.resolve()), "."), (str(run_dir.absolute()), "."), (str(cache_home()), "$ORCA_RECIPE_HOME"),
                           (str(Path.home()), "~")):
         text = text.replace(json.dumps(prefix)[1:-1], shown)
     return text
