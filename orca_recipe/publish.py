@@ -87,7 +87,10 @@ def _portable_manifest(manifest: dict, run_dir: Path) -> str:
     origin = manifest.get("reused_from")  # a stage taken from another run of the project: its paths are that run's
     manifest = {k: v for k, v in manifest.items() if k != "reused_from"}
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    others = ((str(Path(origin).parent.parent), "."),) if isinstance(origin, str) else ()
+    origin_run = Path(origin).parent if isinstance(origin, str) else None
+    if origin_run is not None and origin_run.name == ".superseded":
+        origin_run = origin_run.parent
+    others = ((str(origin_run), "."),) if origin_run is not None else ()
     for prefix, shown in (*others, (str(run_dir.resolve()), "."), (str(run_dir.absolute()), "."), (str(cache_home()), "$ORCA_RECIPE_HOME"),
                           (str(Path.home()), "~")):
         text = text.replace(json.dumps(prefix)[1:-1], shown)
