@@ -19,7 +19,7 @@ from orca_recipe.train.launch import is_model_folder
 pytestmark = pytest.mark.axolotl
 
 
-@pytest.mark.parametrize("recipe", ["recipes/tiny.yaml", "examples/tiny_dpo.yaml", "recipes/orca_math.yaml", "examples/orca_math_dpo.yaml",
+@pytest.mark.parametrize("recipe", ["recipes/tiny.yaml", "examples/tiny_kto.yaml", "recipes/orca_math.yaml", "examples/orca_math_dpo.yaml",
                                     "recipes/orca_math_7b_multi_gpu.yaml"])
 def test_rendered_configs_pass_axolotl_schema(recipe):
     plan = compile_file(REPO / recipe)
@@ -79,7 +79,7 @@ def test_a_killed_sft_resumes_from_its_last_checkpoint_then_kto_trains_on_it(tmp
     from orca_recipe.errors import UserError
 
     plan = compile_file(REPO / "recipes" / "tiny.yaml", ["training.sft.axolotl.max_steps=4", "training.checkpoint_every_steps=2",
-                                                         "training.preference.axolotl.max_steps=2"], run_dir=tmp_path)
+                                                         "training.preference.axolotl.max_steps=2", "preferences.kind=kto"], run_dir=tmp_path)
     assert plan.stage("sft").trainer_config["save_steps"] == 2
     solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
                "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]

@@ -51,8 +51,9 @@ CASES = {
     "practice.temperature=0.8": {"practice_2"},
     "practice.problems=48": {"practice_2"},
     "judge.mode=exact": {"judge_2"},
-    "preferences.kind=dpo": {"preferences_2", "train_2"},
-    "preferences.drop_all_correct=false": {"preferences_2"},
+    "preferences.kind=kto": {"preferences_2", "train_2"},
+    "preferences.max_per_problem=2": {"preferences_2"},
+    "preferences.drop_all_correct=false": set(),  # read by KTO only; tiny.yaml trains DPO
     "training.preference.axolotl.learning_rate=2.0e-5": {"train_2"},
     "agents.solver.sampling.temperature=0.9": {"solve"},
     "agents.student.sampling.max_tokens=300": {"eval_base", "eval_sft", "eval_2", "practice_2"},
@@ -102,8 +103,8 @@ def test_editing_a_prompt_file_reruns_its_readers_and_nothing_before(project, pr
 
 def test_a_fork_that_changes_only_the_preference_kind_shares_everything_before(project):
     base = fingerprints(project, [])
-    fork = project.parent / "tiny_dpo_fork.yaml"
-    fork.write_text(yaml.safe_dump({"extends": "tiny.yaml", "preferences": {"kind": "dpo"}}))
+    fork = project.parent / "tiny_kto_fork.yaml"
+    fork.write_text(yaml.safe_dump({"extends": "tiny.yaml", "preferences": {"kind": "kto"}}))
     after = fingerprints(fork, [])
     same = {n for n in base if base[n] == after.get(n)}
     assert same == ALL - {"preferences_2", "train_2", "eval_2"}

@@ -281,7 +281,7 @@ def test_tables_read_at_80_columns_and_the_cli_conventions(tmp_path):
                 assert any(line.split("│")[2 if args[0] == "plan" else 1].strip() == stage for line in lines if line.count("│") > 3), stage
     assert run_cli("--version").stdout.startswith("orca-recipe ")
     same = run_cli("diff", REPO / "recipes" / "tiny.yaml", REPO / "recipes" / "tiny.yaml", "--exit-code")
-    other = run_cli("diff", REPO / "recipes" / "tiny.yaml", REPO / "examples" / "tiny_dpo.yaml", "--exit-code")
+    other = run_cli("diff", REPO / "recipes" / "tiny.yaml", REPO / "examples" / "tiny_kto.yaml", "--exit-code")
     assert (same.returncode, other.returncode) == (0, 1)
 
 

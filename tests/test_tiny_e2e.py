@@ -1,5 +1,5 @@
 """The embedded default end to end, for real: SmolLM2 on vLLM for every role, Axolotl SFT and
-KTO on CPU, killed in the middle of iteration 2 and resumed, then rerun for free."""
+DPO on CPU, killed in the middle of iteration 2 and resumed, then rerun for free."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_tiny_recipe_end_to_end_with_kill_and_resume(tmp_path):
         time.sleep(0.5)
     assert proc.poll() is None, "the run ended before iteration 2 saved a checkpoint:\n" + (tmp_path / "first.log").read_text()[-3000:]
     time.sleep(1.0)  # the checkpoint's last files land
-    proc.send_signal(signal.SIGKILL)  # mid-KTO, after its step-2 checkpoint: no clean-up code runs
+    proc.send_signal(signal.SIGKILL)  # mid-DPO, after its step-2 checkpoint: no clean-up code runs
     proc.wait()
     time.sleep(5)
     assert processes_mentioning(str(run_dir)) == []  # the trainer and the checkpoint server died with it
@@ -86,7 +86,8 @@ def test_tiny_recipe_end_to_end_with_kill_and_resume(tmp_path):
     assert practice["rows"] + 2 * practice["failures"] == 2 * min(4, manifests["filter"]["rows"])
     assert accounted("judge_2") == practice["rows"]
     prefs = manifests["preferences_2"]["report"]
-    assert prefs["kind"] == "kto" and prefs["rows"] >= manifests["judge_2"]["rows"]
+    # DPO (tiny.yaml's choice on dev): at most a pair per practised problem
+    assert prefs["kind"] == "dpo" and 0 < prefs["rows"] <= min(4, manifests["filter"]["rows"])
     for ev in ("eval_base", "eval_sft", "eval_2"):
         rep = manifests[ev]["report"]
         assert rep["n"] == 12 and accounted(ev) == 12 and rep["ci95"][0] <= rep["pass_at_1"] <= rep["ci95"][1]

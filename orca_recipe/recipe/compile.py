@@ -401,7 +401,9 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
                 iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples,
             )
             prefs = recipe.preferences
-            add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs.model_dump() | prompt_identity(pr.agent)
+            # the fields the chosen kind reads: DPO pairs every group with a wrong sample, so it never reads drop_all_correct
+            prefs_spec = prefs.model_dump(exclude={"drop_all_correct"} if prefs.kind == "dpo" else None)
+            add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"), prefs_spec | prompt_identity(pr.agent)
                 | ({"chat_template": student_template} if student_template else {}),
                 iteration=it, rows=samples)
             st_dir = run_dir / f"train_{it}"
