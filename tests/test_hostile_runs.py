@@ -232,7 +232,10 @@ def test_signals_stop_a_run_quietly_with_nothing_lost(tmp_path, sig, code):
     with pipeline(latency=2.0) as fake:
         recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
         args = [sys.executable, "-m", "orca_recipe.cli", "run", str(recipe), "--run-dir", str(tmp_path / "run")]
-        proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, NO_COLOR="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as a terminal delivers it: a shell's background job (pytest under nohup ... &) starts
+        # its children with SIGINT ignored, and Python then installs no KeyboardInterrupt
+        proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, NO_COLOR="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while fake.total_requests == 0 and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -85,9 +85,9 @@ def test_tiny_recipe_end_to_end_with_kill_and_resume(tmp_path):
     practice = manifests["practice_2"]
     assert practice["rows"] + 2 * practice["failures"] == 2 * min(4, manifests["filter"]["rows"])
     assert accounted("judge_2") == practice["rows"]
-    prefs = manifests["preferences_2"]["report"]
-    # DPO (tiny.yaml's choice on dev): at most a pair per practised problem
-    assert prefs["kind"] == "dpo" and 0 < prefs["rows"] <= min(4, manifests["filter"]["rows"])
+    prefs = manifests["preferences_2"]
+    # DPO (tiny.yaml's choice on dev): a pair per wrong practice sample at most
+    assert prefs["report"]["kind"] == "dpo" and 0 < prefs["rows"] <= practice["rows"]
     for ev in ("eval_base", "eval_sft", "eval_2"):
         rep = manifests[ev]["report"]
         assert rep["n"] == 12 and accounted(ev) == 12 and rep["ci95"][0] <= rep["pass_at_1"] <= rep["ci95"][1]
