@@ -23,6 +23,7 @@ LIMITS = {
     "DeepSpeed config": 4 * MIB,
     "data": 64 * 1024 * MIB,  # a seeds / eval file: 64 GiB
     "data line": 16 * MIB,    # one JSON Lines record
+    "training progress": 4096,  # the progress plugin's {step, max_steps, loss, epoch}
 }
 MAX_JSON_DEPTH = 64
 

@@ -89,12 +89,13 @@ def plan(
     project: Optional[Path] = ProjectOpt,
 ) -> None:
     """Show the stages, call counts, token/cost estimate and example prompts, and what is finished already; spends nothing."""
+    from orca_recipe.project import project_root
     from orca_recipe.recipe.compile import compile_file
     from orca_recipe.recipe.plan_view import render_gpu_needs, render_plan, render_reuse, write_trainer_configs
 
     p = compile_file(recipe, set_, run_dir)
     render_plan(out, p, show_prompts=prompts)
-    render_reuse(out, p, project or p.run_dir.parent)
+    render_reuse(out, p, project_root(p.run_dir, project))
     render_gpu_needs(out, p)
     written = write_trainer_configs(p, out_dir or p.run_dir / "plan")
     for path in written:

@@ -26,11 +26,7 @@ def run_dirs(project: Path, exclude: Path) -> Iterator[Path]:
     """The project's run directories (a `plan.json` inside), up to two levels deep, but `exclude`."""
     seen = 0
     own = exclude.resolve()
-    try:
-        level1 = sorted(d for d in project.iterdir() if d.is_dir() and not d.is_symlink() and not d.name.startswith("."))
-    except OSError:
-        return
-    for d in level1:
+    for d in _subdirs(project):
         for cand in (d, *_subdirs(d)):
             if seen >= MAX_RUNS:
                 return
@@ -40,6 +36,7 @@ def run_dirs(project: Path, exclude: Path) -> Iterator[Path]:
 
 
 def _subdirs(d: Path) -> list[Path]:
+    """Folders right below `d`, sorted: not links, not hidden (.superseded); [] if unreadable."""
     try:
         return sorted(s for s in d.iterdir() if s.is_dir() and not s.is_symlink() and not s.name.startswith("."))
     except OSError:
@@ -79,10 +76,15 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def project_root(run_dir: Path, project: Path | None = None) -> Path:
+    """The project a run belongs to: `--project`, else the folder holding its run directory."""
+    return project or run_dir.parent
+
+
 def default_cache(run_dir: Path, project: Path | None = None) -> Path:
     """The request cache a run uses without `--cache`: the project's (PROJECT/requests.sqlite),
     so that a fork finds every request its base answered, even in a stage whose fingerprint
     changed; a run directory that has a cache of its own (made before the project cache)
     keeps it, so nothing it paid for is asked again."""
     own = run_dir / "requests.sqlite"
-    return own if own.exists() else (project or run_dir.parent) / "requests.sqlite"
+    return own if own.exists() else project_root(run_dir, project) / "requests.sqlite"

@@ -27,7 +27,7 @@ from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.llm.budget import Budget, BudgetExceeded
 from orca_recipe.llm.pool import ServerPool, local_timeout
-from orca_recipe.project import SUPERSEDED, default_cache, finished_elsewhere, link_tree
+from orca_recipe.project import SUPERSEDED, default_cache, finished_elsewhere, link_tree, project_root
 from orca_recipe.recipe.compile import Plan, StageRun
 from orca_recipe.recipe.fork import effective, to_yaml
 from orca_recipe.stages.base import StageContext, StageResult
@@ -284,8 +284,7 @@ class Runner:
         same fingerprint on the same input datasets (`project.py`); True when it did."""
         if not all(self.has_output(self.plan.stage(i)) for i in stage.inputs):
             return False
-        project = self.project or self.run_dir.parent
-        found = finished_elsewhere(project, self.run_dir, stage.name, stage.fingerprint, self.input_data(stage))
+        found = finished_elsewhere(project_root(self.run_dir, self.project), self.run_dir, stage.name, stage.fingerprint, self.input_data(stage))
         if found is None:
             return False
         out_dir = self.run_dir / stage.name
@@ -430,8 +429,6 @@ class Runner:
             limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
         ).rows
         return [r["question"] for r in rows] + held_out
-
-
 
 
 def _fingerprint_of(folder: Path) -> str | None:

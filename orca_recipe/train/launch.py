@@ -8,7 +8,6 @@ launchers (`--launcher accelerate|torchrun` plus their arguments), nothing home-
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from orca_recipe.bounded import json_loads, read_text
 from orca_recipe.child import die_with_parent
 from orca_recipe.errors import UserError
 from orca_recipe.train.config import PLUGIN_DIR
@@ -138,11 +138,9 @@ def read_progress(path: Path) -> tuple[int, int] | None:
     """(step, max_steps) from the progress plugin's file; None before the trainer starts, or
     if the file is not what the plugin writes (it is replaced atomically, so never half-read)."""
     try:
-        if path.stat().st_size > 4096:
-            return None
-        data = json.loads(path.read_text())
+        data = json_loads(read_text(path, "training progress"))
         step, total = int(data["step"]), int(data["max_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UserError, ValueError, KeyError, TypeError):
         return None
     return (step, total) if 0 <= step and 0 < total else None
 
