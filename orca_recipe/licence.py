@@ -44,14 +44,15 @@ def from_text(text: str, source: str | None = None) -> Licence:
 
 
 def resolve_data_path(path: str | None, run_dir: Path) -> Path | None:
-    """A data path from the run's recipe.yaml: relative to wherever `run` was started, which
-    is not recorded; the usual places are here, and above the run folder (runs/NAME)."""
+    """A data path from the run's recipe.yaml: relative to the run folder (where recipe.yaml
+    is, as every recipe's paths are relative to their file); a run written before that rule
+    has them relative to wherever `run` was started: here, or above the run folder."""
     if not path:
         return None
     p = Path(path)
     if p.is_absolute():
         return p if p.exists() else None
-    for base in (Path.cwd(), run_dir.parent, run_dir.parent.parent):
+    for base in (run_dir, Path.cwd(), run_dir.parent, run_dir.parent.parent):
         if (base / p).exists():
             return base / p
     return None
