@@ -72,7 +72,7 @@ def validate(
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     if check_axolotl:
-        from orca_recipe.train.check import check_plan
+        from orca_recipe.recipe.axolotl_check import check_plan
 
         out.print(f"Axolotl accepts {check_plan(plan)} rendered config(s)")
     out.print(f"[green]ok[/] {recipe}: {len(plan.stages)} stages, {plan.total_calls:,} LLM calls planned")
@@ -101,7 +101,8 @@ def plan(
     for path in written:
         out.print(f"wrote {path}")
     if check_axolotl and p.recipe.training is not None:
-        from orca_recipe.train.check import axolotl_available, check_plan
+        from orca_recipe.recipe.axolotl_check import check_plan
+        from orca_recipe.train.check import axolotl_available
 
         if axolotl_available(p.recipe.training.launcher):
             out.print(f"Axolotl accepts {check_plan(p)} rendered config(s)")
@@ -249,6 +250,7 @@ def preview(
     from orca_recipe.project import default_cache
     from orca_recipe.recipe.compile import compile_file
     from orca_recipe.recipe.ready import check_ready
+    from orca_recipe.report import as_json
     from orca_recipe.report_html import write_html
     from orca_recipe.rundir import check_writable_dir, hold
     from orca_recipe.runner import Runner
@@ -275,7 +277,7 @@ def preview(
         for r in rows[:2]:
             text = r.get("solution") or r.get("question") or ""
             out.print(f"[bold]{r.get('id')}[/]: {text[:400]}", markup=True, highlight=False)
-    page = write_html(p.run_dir)
+    page = write_html(p.run_dir, as_json(p.run_dir))
     out.print(f"preview: ${spent:.4f} spent; rows and reasons in {page}; `orca-recipe run {recipe}` reuses these answers from "
               f"{default_cache(full.run_dir)}")
 

@@ -332,7 +332,7 @@ def write_report(run_dir: Path) -> Path:
 
     evals, manifests = collect(run_dir)
     plot(run_dir, evals, manifests)
-    write_html(run_dir)  # report.html: the same figures and a searchable sample of every stage's rows
+    write_html(run_dir, as_json(run_dir))  # report.html: the same figures and a searchable sample of every stage's rows
     path = run_dir / "report.md"
     atomic_write_text(path, markdown(run_dir))
     return path

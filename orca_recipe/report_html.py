@@ -111,9 +111,8 @@ def render(report: dict, run_dir: Path) -> str:
     return "\n".join(out)
 
 
-def write_html(run_dir: Path) -> Path:
-    from orca_recipe.report import as_json
-
+def write_html(run_dir: Path, report: dict[str, Any]) -> Path:
+    """report.html in `run_dir` from `report` (orca_recipe.report.as_json of the same run)."""
     path = run_dir / "report.html"
-    atomic_write_text(path, render(as_json(run_dir), run_dir))
+    atomic_write_text(path, render(report, run_dir))
     return path

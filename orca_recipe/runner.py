@@ -28,7 +28,7 @@ from orca_recipe.errors import UserError
 from orca_recipe.llm.budget import Budget, BudgetExceeded
 from orca_recipe.llm.pool import ServerPool, local_timeout
 from orca_recipe.project import SUPERSEDED, default_cache, finished_elsewhere, link_tree, project_root
-from orca_recipe.recipe.compile import Plan, StageRun
+from orca_recipe.recipe.compile import Plan, StageRun, reply_shape
 from orca_recipe.recipe.fork import effective, to_yaml
 from orca_recipe.stages.base import StageContext, StageResult
 from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest, write_jsonl, write_manifest
@@ -365,7 +365,7 @@ class Runner:
             identity = f"local:{content_id(folder)}:{self.pool.servers[server_key].dtype}"
             endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
             endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
-                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(self.plan.recipe, ctx.stage, agent, gpu=not self.pool.on_cpu)))
+                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(m.concurrency, *reply_shape(self.plan.recipe, ctx.stage, agent), gpu=not self.pool.on_cpu)))
         ctx.llm = LLM(endpoints, self._cache, batch_dir=self.run_dir / "batches", budget=self.budget)
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel

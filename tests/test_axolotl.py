@@ -25,7 +25,8 @@ SHIPPED = ["recipes/tiny.yaml", "examples/tiny_kto.yaml", "recipes/orca_math.yam
 def test_rendered_configs_pass_axolotl_schema():
     """Every shipped recipe's trainer configs, in one Axolotl process per capability set (an
     Axolotl import is ~12 s: one per recipe was a minute of CI)."""
-    from orca_recipe.train.check import check_configs, plan_configs
+    from orca_recipe.recipe.axolotl_check import plan_configs
+    from orca_recipe.train.check import check_configs
 
     groups: dict[str, tuple[dict, dict | None, object]] = {}
     for recipe in SHIPPED:

@@ -105,19 +105,24 @@ def test_the_server_command_carries_one_dtype_and_the_sizing(tmp_path, monkeypat
 def test_a_local_request_may_take_as_long_as_the_work_in_flight():
     """On a slow CPU a request still being generated is waited for, not abandoned and re-sent:
     its timeout is everything the stage can have in flight at 10 tok/s, plus a minute."""
-    from orca_recipe.recipe.compile import compile_file
     from orca_recipe.llm.pool import GPU_FLOOR_TOK_S, LOCAL_FLOOR_TOK_S, LOCAL_TIMEOUT_CAP_S, local_timeout
+    from orca_recipe.recipe.compile import compile_file, reply_shape
+
+    def timeout(plan, stage: str, agent: str, model: str, gpu: bool = False) -> float:
+        return local_timeout(plan.recipe.models[model].concurrency, *reply_shape(plan.recipe, plan.stage(stage), agent), gpu=gpu)
 
     root = Path(__file__).resolve().parents[1]
     plan = compile_file(root / "recipes" / "tiny.yaml")
     r = plan.recipe
-    practice = plan.stage("practice_2")
+    assert reply_shape(r, plan.stage("practice_2"), "student") == (r.practice.samples_per_problem, r.practice.max_tokens)
+    assert reply_shape(r, plan.stage("eval_base"), "student") == (1, r.eval.max_tokens)
+    assert reply_shape(r, plan.stage("solve"), "solver") == (r.solve.samples, r.models["smol"].sampling.max_tokens)
     expected = 60 + r.models["smol"].concurrency * r.practice.samples_per_problem * r.practice.max_tokens / LOCAL_FLOOR_TOK_S
-    assert local_timeout(r, practice, "student") == min(LOCAL_TIMEOUT_CAP_S, expected) > r.models["smol"].timeout_s
-    assert local_timeout(r, plan.stage("eval_base"), "student") == 60 + r.models["smol"].concurrency * r.eval.max_tokens / LOCAL_FLOOR_TOK_S
+    assert timeout(plan, "practice_2", "student", "smol") == min(LOCAL_TIMEOUT_CAP_S, expected) > r.models["smol"].timeout_s
+    assert timeout(plan, "eval_base", "student", "smol") == 60 + r.models["smol"].concurrency * r.eval.max_tokens / LOCAL_FLOOR_TOK_S
     # the paper recipe's practice (256 in flight x 4 samples x 1,024 tokens) waited ~29 h per request before the cap
     paper = compile_file(root / "recipes" / "orca_math.yaml")
     pr = paper.recipe
-    on_gpu = local_timeout(pr, paper.stage("practice_2"), "student", gpu=True)
+    on_gpu = timeout(paper, "practice_2", "student", "student", gpu=True)
     assert on_gpu == 60 + pr.models["student"].concurrency * 4 * pr.practice.max_tokens / GPU_FLOOR_TOK_S < LOCAL_TIMEOUT_CAP_S
-    assert local_timeout(pr, paper.stage("practice_2"), "student") == LOCAL_TIMEOUT_CAP_S == 7200
+    assert timeout(paper, "practice_2", "student", "student") == LOCAL_TIMEOUT_CAP_S == 7200

@@ -63,7 +63,7 @@ def test_kto_rows_use_the_students_own_chat_template(embedded_model_dir):
     its system prompt and end-of-turn token included, not a hard-coded ChatML."""
     from transformers import AutoTokenizer
 
-    from orca_recipe.stages.preferences import ChatFormat
+    from orca_recipe.stages.student import ChatFormat
 
     fmt = ChatFormat(str(embedded_model_dir))
     rows = kto_rows(GROUPS, TEACHER, prompt_of, max_per_problem=None, teacher_fallback=True, drop_all_correct=False, fmt=fmt)

@@ -10,12 +10,9 @@ from typing import Any
 
 from rich.console import Console
 
-from orca_recipe.recipe.compile import StageRun
-
 LOCAL_FLOOR_TOK_S = 10.0    # output tokens/s a local engine gives at the least (2 slow cores)
 GPU_FLOOR_TOK_S = 500.0     # ... and on a GPU (a 7B model decodes thousands of tokens/s batched on one)
 LOCAL_TIMEOUT_CAP_S = 2 * 3600.0  # no reply from our own server is worth waiting longer for: a wedged server fails in bounded time
-DEFAULT_REPLY_TOKENS = 1024
 
 
 class ServerPool:
@@ -109,19 +106,11 @@ def local_args(local: Any) -> list[str]:
     return args + list(local.extra_args)
 
 
-def local_timeout(recipe: Any, stage: StageRun, agent: str, *, gpu: bool = False) -> float:
-    """Seconds a request to our own server may take: everything the stage can have in
-    flight (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S (GPU_FLOOR_TOK_S
-    on a GPU), plus a minute, at most LOCAL_TIMEOUT_CAP_S. A slow CPU then waits for a reply it
+def local_timeout(concurrency: int, samples: int, max_tokens: int, *, gpu: bool = False) -> float:
+    """Seconds a request to our own server may take: everything a stage can have in flight
+    (concurrency x samples x max_tokens) at a floor of LOCAL_FLOOR_TOK_S (GPU_FLOOR_TOK_S on a
+    GPU), plus a minute, at most LOCAL_TIMEOUT_CAP_S. A slow CPU then waits for a reply it
     will get instead of abandoning it and asking again (vLLM drops an abandoned request, so a
     retry starts from scratch), and a wedged server still fails the request within the cap."""
-    m = recipe.models[recipe.agents[agent].model]
-    max_tokens, n = recipe.sampling_for(agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
-    if stage.kind == "practice" and recipe.practice:
-        max_tokens, n = recipe.practice.max_tokens, recipe.practice.samples_per_problem
-    elif stage.kind == "eval" and recipe.eval:
-        max_tokens = recipe.eval.max_tokens
-    elif stage.kind == "solve":
-        n = recipe.solve.samples
     floor = GPU_FLOOR_TOK_S if gpu else LOCAL_FLOOR_TOK_S
-    return min(LOCAL_TIMEOUT_CAP_S, 60.0 + m.concurrency * n * max_tokens / floor)
+    return min(LOCAL_TIMEOUT_CAP_S, 60.0 + concurrency * samples * max_tokens / floor)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from orca_recipe.llm.door import LLMError
-from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
-
-NUMBERED_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*(.+?)\s*$")
+from orca_recipe.stages.base import NUMBERED_ITEM, ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 
 def parse_questions(text: str) -> list[str] | None:

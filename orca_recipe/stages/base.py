@@ -7,6 +7,7 @@ YAML, never parses flags, and reaches models only through `ctx.llm`.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
@@ -18,6 +19,7 @@ from orca_recipe.recipe.schema import Recipe
 T = TypeVar("T")
 R = TypeVar("R")
 Row = dict[str, Any]
+NUMBERED_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*(.+?)\s*$")  # a list item in an agent's reply: "1.", "2)", "-", "Q3:"
 
 
 class ParseFailure(Exception):

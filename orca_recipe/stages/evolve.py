@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 
 from orca_recipe.llm.door import LLMError
-from orca_recipe.stages.ask_me_anything import NUMBERED_ITEM
-from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
+from orca_recipe.stages.base import NUMBERED_ITEM, ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
 
 
 def parse_suggestions(text: str) -> str | None:

@@ -19,7 +19,7 @@ import yaml
 from orca_recipe.errors import UserError
 from orca_recipe.llm.hardware import gpu_count
 from orca_recipe.stages.base import Row, StageContext, StageResult
-from orca_recipe.stages.preferences import student_messages
+from orca_recipe.stages.student import student_messages
 from orca_recipe.store import atomic_write_text, write_jsonl
 from orca_recipe.train.config import DEEPSPEED_FILE, PROGRESS_PLUGIN, with_plugin, without_gpu
 from orca_recipe.train.deepspeed import write_deepspeed_config

@@ -64,31 +64,3 @@ def check_configs(configs: dict[str, dict[str, Any]], launcher: Launcher, timeou
             return json.loads(line[len("@@RESULTS@@"):])
     tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-10:])
     raise UserError(f"could not run Axolotl's config check ({python}):\n{tail}")
-
-
-def plan_configs(plan: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """A plan's rendered trainer configs by stage name, and the capabilities Axolotl validates
-    them for: a GPU node's (see `gpu_node`) when the recipe trains on GPUs, else this machine's."""
-    from orca_recipe.recipe.machine import gpu_needs
-
-    tr = plan.recipe.training
-    configs = {s.name: s.trainer_config for s in plan.stages if s.trainer_config is not None}
-    if tr is None or not configs:
-        return {}, None
-    on_gpus = any(n.key[0] == "training" for n in gpu_needs(plan.recipe))
-    return configs, gpu_node(tr.launcher.num_processes, tr.launcher.num_nodes) if on_gpus else None
-
-
-def check_plan(plan: Any) -> int:
-    """Raise a UserError naming the recipe key if Axolotl rejects a rendered config; return how
-    many passed. A recipe that trains on GPUs is checked with that node's capabilities."""
-    configs, caps = plan_configs(plan)
-    if not configs:
-        return 0
-    for name, problem in check_configs(configs, plan.recipe.training.launcher, capabilities=caps).items():
-        if problem:
-            section = "sft" if name == "sft" else "preference"
-            key = ("training", section, "axolotl")
-            detail = " ".join(line.strip() for line in problem.splitlines() if line.strip() and "errors.pydantic.dev" not in line)
-            raise UserError(f"Axolotl rejects the rendered {name} config: {detail}", where=plan.loaded.where(key), key=".".join(key))
-    return len(configs)

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -164,8 +163,3 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
-
-if __name__ == "__main__":  # python -m orca_recipe.train.launch CONFIG: run one config by hand
-    from orca_recipe.recipe.schema import Launcher
-
-    run_axolotl(Path(sys.argv[1]), Launcher(), Path(sys.argv[1]).with_suffix(".log"))
