@@ -48,7 +48,7 @@ def one(dtype: str, steps: int, rows: list[dict], root: Path) -> dict:
         sets.append("training.sft.axolotl.bf16=true")
     run_dir = root / dtype
     plan = compile_file(REPO / "recipes" / "tiny.yaml", sets, run_dir=run_dir)
-    ctx = StageContext(plan=plan, stage=plan.stage("sft"), inputs={"filter": rows}, out_dir=run_dir / "sft")
+    ctx = StageContext(stage=plan.stage("sft"), inputs={"filter": rows}, out_dir=run_dir / "sft")
     result = asyncio.run(train.run(ctx))
     log = (run_dir / "sft" / "train.log").read_text(errors="replace")
     losses = [json.loads(line.replace("'", '"'))["loss"] for line in log.splitlines() if line.startswith("{'loss'")]

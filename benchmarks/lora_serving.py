@@ -42,7 +42,7 @@ def train_lora(work: Path) -> tuple[Path, Path]:
         "training.sft.axolotl.learning_rate=0.001", "training.sft.axolotl.sequence_len=128"], run_dir=work)
     solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
                "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
-    ctx = StageContext(plan=plan, stage=plan.stage("sft"), inputs={"filter": solved}, out_dir=work / "sft")
+    ctx = StageContext(stage=plan.stage("sft"), inputs={"filter": solved}, out_dir=work / "sft")
     report = asyncio.run(train.run(ctx)).report
     print(f"trained: {report['train_seconds']} s, merged in {report['merge_seconds']} s")
     return adapter, merged

@@ -107,7 +107,7 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
 
         asyncio.run(warm())
         usage = Usage()
-        ctx = StageContext(plan=plan, stage=stage, inputs={"filter": problems}, out_dir=cache_dir, llm=llm, usage=usage,
+        ctx = StageContext(stage=stage, inputs={"filter": problems}, out_dir=cache_dir, llm=llm, usage=usage,
                            endpoint_for=lambda agent: "smol")
         ctx.extra["parallel"] = m.concurrency * 2
         t = time.perf_counter()

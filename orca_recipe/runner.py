@@ -209,9 +209,7 @@ class Runner:
         from orca_recipe.llm.door import Usage
 
         usage = Usage()
-        ctx = StageContext(plan=self.plan, stage=stage, inputs=inputs, out_dir=out_dir, usage=usage)
-        if stage.kind == "filter":
-            ctx.extra["eval_questions"] = self._contamination_questions()
+        ctx = StageContext(stage=stage, inputs=inputs, out_dir=out_dir, usage=usage)
         started = time.time()
         t0 = time.monotonic()
         with make_progress(self.console) as progress:
@@ -409,26 +407,6 @@ class Runner:
             raise UserError(f"local model folder {folder} has no config.json (expected a Hugging Face model folder)", key="models.*.local.path")
         return folder
 
-    def _contamination_questions(self) -> list[str]:
-        from orca_recipe.problems import load_problems
-
-        recipe = self.plan.recipe
-        dc = recipe.filters.decontaminate
-        if dc is None:
-            return []
-        path = dc.path or (recipe.eval.path if recipe.eval else None)
-        held_out = []
-        if recipe.seeds.holdout:  # the dev split: no generated problem may share an n-gram with it either
-            held_out = [r["question"] for r in load_problems(recipe.seeds.holdout, "auto", "question", None, "plain", limit=None, shuffle=False,
-                                                             seed=0, prefix="holdout", key="seeds.holdout").rows]
-        if path is None:
-            return held_out
-        ev = recipe.eval
-        rows = load_problems(
-            path, "auto", ev.question_field if ev else "question", ev.answer_field if ev else None, ev.answer_format if ev else "plain",
-            limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path",
-        ).rows
-        return [r["question"] for r in rows] + held_out
 
 
 def _fingerprint_of(folder: Path) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from orca_recipe.answers import equivalent, extract_final, gsm8k_gold, to_number
 from orca_recipe.stages.ask_me_anything import parse_questions
@@ -59,7 +60,6 @@ def test_filter_stage_reports_every_removal(tmp_path):
 
     from _cli import REPO
 
-    plan = compile_file(REPO / "recipes" / "tiny.yaml", run_dir=tmp_path)
     q = "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four."
     rows = [
         {"id": "a", "question": "Tom has 3 apples and buys 2 more. How many apples does he have now?"},
@@ -67,8 +67,10 @@ def test_filter_stage_reports_every_removal(tmp_path):
         {"id": "c", "question": q + " How many are left?"},  # shares a 13-gram with the eval question
         {"id": "d", "question": "A shop sells pens at 2 dollars each. How much do 7 pens cost in dollars?"},
     ]
-    ctx = StageContext(plan=plan, stage=plan.stage("filter"), inputs={"solve": rows}, out_dir=tmp_path)
-    ctx.extra["eval_questions"] = [q]
+    contaminants = tmp_path / "eval.jsonl"  # the filter reads the file the compiler fingerprinted, and nothing else
+    contaminants.write_text(json.dumps({"question": q, "answer": "#### 1"}) + "\n")
+    plan = compile_file(REPO / "recipes" / "tiny.yaml", [f"filters.decontaminate.path={contaminants}"], run_dir=tmp_path)
+    ctx = StageContext(stage=plan.stage("filter"), inputs={"solve": rows}, out_dir=tmp_path)
     result = asyncio.run(filt.run(ctx))
     assert [r["id"] for r in result.rows] == ["a", "d"]
     assert {r["id"]: r["reason"].split(":")[0] for r in result.rejects} == {"b": "exact_duplicate", "c": "contaminated"}

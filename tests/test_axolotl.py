@@ -78,7 +78,7 @@ def test_axolotl_schema_errors_name_the_recipe_key():
 
 
 def _ctx(plan, name, inputs, run_dir: Path) -> StageContext:
-    return StageContext(plan=plan, stage=plan.stage(name), inputs=inputs, out_dir=run_dir / name)
+    return StageContext(stage=plan.stage(name), inputs=inputs, out_dir=run_dir / name)
 
 
 def test_a_killed_sft_resumes_from_its_last_checkpoint_then_kto_trains_on_it(tmp_path, embedded_model_dir):

@@ -98,7 +98,7 @@ def test_judge_compares_with_gold_and_asks_the_llm_only_where_exact_cannot_decid
 
     def ctx(mode: str, answers: list[str | None]):
         samples = [{"problem_id": "p", "response_answer": a} for a in answers]
-        return SimpleNamespace(recipe=SimpleNamespace(judge=SimpleNamespace(mode=mode)), stage=SimpleNamespace(inputs=("practice_2", "filter")),
+        return SimpleNamespace(section=SimpleNamespace(mode=mode), stage=SimpleNamespace(inputs=("practice_2", "filter")),
                                inputs={"practice_2": samples, "filter": [ref]})
 
     assert not needs_llm(ctx("exact_then_llm", ["7", "8", None]))  # no model server is started for this stage

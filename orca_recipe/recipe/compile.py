@@ -32,8 +32,21 @@ __all__ = ["Plan", "StageRun", "agent_roles", "compile_file", "compile_plan", "p
 
 
 @dataclass(frozen=True)
+class AgentCall:
+    """An agent as a stage calls it: everything its requests are made of (and so fingerprinted)."""
+
+    model: str  # the recipe's model key: the runner gives it an endpoint
+    prompt: Prompt | None
+    system: str | None
+    sampling: dict[str, Any]  # the agent's sampling over its model's
+
+
+@dataclass(frozen=True)
 class StageRun:
-    """One unit of work. `calls` counts LLM generations (each cached separately)."""
+    """One unit of work and everything it runs with: a stage sees this, its input datasets and
+    its LLM endpoints, never the recipe. `config` (the hashed part), `agent_calls` and
+    `trainer_config` are in the fingerprint; `section`, `student` and `data` are the typed,
+    located forms of what `config` identifies by content. `calls` counts LLM generations."""
 
     name: str
     kind: str
@@ -46,6 +59,13 @@ class StageRun:
     iteration: int | None = None
     agents: tuple[str, ...] = ()
     trainer_config: dict[str, Any] | None = None
+    section: Any = field(default=None, compare=False)  # the recipe section it runs (pydantic), e.g. recipe.evolve
+    agent_calls: dict[str, AgentCall] = field(default_factory=dict, compare=False)
+    student: Any = field(default=None, compare=False)  # the student model's `local:` block (training and preference rows)
+    data: dict[str, Any] = field(default_factory=dict, compare=False)  # other data files it reads, by role (filter: decontamination)
+
+    def agent(self, name: str) -> AgentCall:
+        return self.agent_calls[name]
 
     @property
     def dir_name(self) -> str:
@@ -137,7 +157,8 @@ class _Builder:
     def add(self, name: str, kind: str, inputs: tuple[str, ...], config: dict[str, Any], agents: tuple[str, ...] = (), **kw: Any) -> StageRun:
         identity = {"kind": kind, "config": config, "agents": {a: self.agent_identity(a) for a in agents}, "inputs": [self.fp[i] for i in inputs]}
         self.fp[name] = fingerprint_of(portable(identity, self.base))
-        stage = StageRun(name=name, kind=kind, inputs=inputs, config=config, fingerprint=self.fp[name], agents=agents, **kw)
+        calls = {a: self.agent_call(a) for a in agents}
+        stage = StageRun(name=name, kind=kind, inputs=inputs, config=config, fingerprint=self.fp[name], agents=agents, agent_calls=calls, **kw)
         self.rows[name] = stage.rows
         self.stages.append(stage)
         return stage
@@ -151,6 +172,10 @@ class _Builder:
             "sampling": a.sampling.model_dump(exclude_none=True),
             "model": model_identity(self.recipe.models[a.model]),
         }
+
+    def agent_call(self, name: str) -> AgentCall:
+        a: Agent = self.recipe.agents[name]
+        return AgentCall(model=a.model, prompt=self.prompts.get(name), system=a.system, sampling=self.recipe.sampling_for(name).model_dump(exclude_none=True))
 
     def prompt_identity(self, name: str | None) -> dict[str, Any]:
         """A training stage's student turn: which agent, its template and system prompt."""
@@ -181,7 +206,8 @@ def _seeds(b: _Builder) -> int | None:
     if not Path(seeds.path).exists():
         b.warnings.append(f"seeds.path {seeds.path} does not exist yet; `run` will need it")
     seed_rows = _limited(file_rows, seeds.limit)
-    b.add("seeds", "seeds", (), seeds.model_dump(exclude={"path", "holdout"}) | {"data": content_id(seeds.path)} | _held_out(b.recipe), rows=seed_rows)
+    b.add("seeds", "seeds", (), seeds.model_dump(exclude={"path", "holdout"}) | {"data": content_id(seeds.path)} | _held_out(b.recipe), rows=seed_rows,
+          section=seeds)
     return seed_rows
 
 
@@ -190,7 +216,7 @@ def _ask_me_anything(b: _Builder) -> None:
     assert ama is not None
     n = _limited(b.rows["seeds"], ama.limit)
     b.add("ask_me_anything", "ask_me_anything", ("seeds",), ama.model_dump(), (ama.agent,),
-          calls=n or 0, rows=None if n is None else n * ama.questions_per_seed)
+          calls=n or 0, rows=None if n is None else n * ama.questions_per_seed, section=ama)
 
 
 def _evolve(b: _Builder) -> None:
@@ -200,7 +226,7 @@ def _evolve(b: _Builder) -> None:
     agents = (ev.suggester, ev.editor) + ((ev.verifier,) if ev.verifier else ())
     b.add("evolve", "evolve", (ev.input,), ev.model_dump(), agents,
           calls=0 if n is None else n * len(agents) * ev.rounds, calls_bound=bool(ev.verifier),
-          rows=None if n is None else n * (ev.rounds if ev.keep_all_rounds else 1))
+          rows=None if n is None else n * (ev.rounds if ev.keep_all_rounds else 1), section=ev)
 
 
 def _solve(b: _Builder) -> int | None:
@@ -209,21 +235,26 @@ def _solve(b: _Builder) -> int | None:
     solve_in = [b.rows[i] for i in solve.inputs]
     n_solve = None if any(r is None for r in solve_in) else sum(solve_in)  # type: ignore[arg-type]
     n_asked = (n_solve or 0) - ((b.rows["seeds"] or 0) if solve.gold_solutions and "seeds" in solve.inputs else 0)
-    b.add("solve", "solve", tuple(solve.inputs), solve.model_dump(), (solve.agent,), calls=n_asked * solve.samples, rows=n_solve)
+    b.add("solve", "solve", tuple(solve.inputs), solve.model_dump(), (solve.agent,), calls=n_asked * solve.samples, rows=n_solve, section=solve)
     return n_solve
 
 
 def _filter(b: _Builder, n_solved: int | None) -> None:
     recipe = b.recipe
     cfg = recipe.filters.model_dump()
+    data: dict[str, Any] = {}
     if recipe.filters.decontaminate is not None:
         contam = recipe.filters.decontaminate.path or (recipe.eval.path if recipe.eval else None)
         if contam and recipe.filters.decontaminate.path and Path(contam).exists():
             len(Records(contam, "auto", key="filters.decontaminate.path"))  # read (checked) before it is hashed
+        question_field = recipe.eval.question_field if recipe.eval else "question"
         cfg["decontaminate"].pop("path")  # identified by content below
         cfg["decontaminate_data"] = content_id(contam) if contam else None
+        if question_field != "question":  # the field its questions are read from (the default: fingerprints unchanged)
+            cfg["decontaminate_question_field"] = question_field
         cfg |= _held_out(recipe)  # generated problems are checked against the held-out split too
-    b.add("filter", "filter", ("solve",), cfg, rows=n_solved)
+        data = {"decontaminate": contam, "question_field": question_field, "holdout": recipe.seeds.holdout}
+    b.add("filter", "filter", ("solve",), cfg, rows=n_solved, section=recipe.filters, data=data)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -246,7 +277,7 @@ def _eval(b: _Builder, evaluation: tuple[dict[str, Any], int | None] | None, mod
         return
     cfg, n = evaluation
     b.add(f"eval_{label}", "eval", (model_stage,) if model_stage else (), cfg | {"model_from": model_stage}, (b.recipe.eval.agent,),  # type: ignore[union-attr]
-          calls=n or 0, rows=n)
+          calls=n or 0, rows=n, section=b.recipe.eval)
 
 
 # --------------------------------------------------------------------------- training
@@ -275,7 +306,7 @@ def _sft(b: _Builder, n_solved: int | None) -> None:
     )
     spec = {"axolotl": opts, "launcher": launcher_identity(tr), **distributed_identity(tr), "base": model_identity(recipe.models[tr.student]),
             **b.prompt_identity(student_agent(recipe))}
-    b.add("sft", "sft", ("filter",), spec, iteration=1, trainer_config=trainer_config, rows=n_solved)
+    b.add("sft", "sft", ("filter",), spec, iteration=1, trainer_config=trainer_config, rows=n_solved, section=tr, student=recipe.models[tr.student].local)
 
 
 def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -> str:
@@ -285,14 +316,14 @@ def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -
     assert tr is not None and pr is not None
     samples = None if n_problems is None else n_problems * pr.samples_per_problem
     b.add(f"practice_{it}", "practice", ("filter", model_stage), pr.model_dump() | {"iteration": it}, (pr.agent,),
-          iteration=it, calls=samples or 0, rows=samples)
+          iteration=it, calls=samples or 0, rows=samples, section=pr)
     b.add(f"judge_{it}", "judge", (f"practice_{it}", "filter"), judge.model_dump(), (judge.agent,) if judge.agent and judge.mode != "exact" else (),
-          iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples)
+          iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples, section=judge)
     # the fields the chosen kind reads: DPO pairs every group with a wrong sample, so it never reads drop_all_correct
     template = chat_template_of(recipe.models[tr.student])
     b.add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"),
           prefs.model_dump(exclude={"drop_all_correct"} if prefs.kind == "dpo" else None) | b.prompt_identity(pr.agent)
-          | ({"chat_template": template} if template else {}), iteration=it, rows=samples)
+          | ({"chat_template": template} if template else {}), iteration=it, rows=samples, section=prefs, student=recipe.models[tr.student].local)
     st_dir = b.run_dir / f"train_{it}"
     opts = tr.preference.axolotl.options()
     trainer_config = preference_config(
@@ -302,5 +333,5 @@ def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -
     )
     b.add(f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),
           {"axolotl": opts, "kind": prefs.kind, "launcher": launcher_identity(tr), **distributed_identity(tr)},
-          iteration=it, trainer_config=trainer_config)
+          iteration=it, trainer_config=trainer_config, section=tr, student=recipe.models[tr.student].local)
     return f"train_{it}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orca_recipe.llm.door import LLMError
+from orca_recipe.recipe.schema import AskMeAnything
 from orca_recipe.stages.base import NUMBERED_ITEM, ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 
@@ -25,7 +26,7 @@ def parse_questions(text: str) -> list[str] | None:
 
 
 async def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.ask_me_anything
+    cfg: AskMeAnything = ctx.section
     assert cfg is not None
     seeds = ctx.inputs["seeds"][: cfg.limit] if cfg.limit else ctx.inputs["seeds"]
     ctx.set_total(len(seeds))

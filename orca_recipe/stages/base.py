@@ -1,7 +1,8 @@
 """What every stage gets and gives back, and the few helpers they share.
 
-A stage is `async def run(ctx) -> StageResult`: typed config in, rows out. It never reads
-YAML, never parses flags, and reaches models only through `ctx.llm`.
+A stage is `async def run(ctx) -> StageResult`: its compiled StageRun and input datasets in,
+rows out. It never sees the recipe (only the section, agents and files its fingerprint was
+made of), never reads YAML, never parses flags, and reaches models only through `ctx.llm`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from orca_recipe.prompts import Prompt
-from orca_recipe.recipe.compile import Plan, StageRun
-from orca_recipe.recipe.schema import Recipe
+from orca_recipe.recipe.compile import StageRun
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,7 +41,6 @@ class StageResult:
 
 @dataclass
 class StageContext:
-    plan: Plan
     stage: StageRun
     inputs: dict[str, list[Row]]
     out_dir: Path
@@ -53,20 +52,23 @@ class StageContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def recipe(self) -> Recipe:
-        return self.plan.recipe
+    def section(self) -> Any:
+        """The recipe section this stage runs (typed), e.g. recipe.evolve for evolve."""
+        return self.stage.section
 
     def prompt(self, agent: str) -> Prompt:
-        return self.plan.prompts[agent]
+        prompt = self.stage.agent(agent).prompt
+        assert prompt is not None, f"{self.stage.name} calls '{agent}', whose prompt the compiler did not load"
+        return prompt
 
     def messages(self, agent: str, **variables: Any) -> list[dict[str, str]]:
-        a = self.recipe.agents[agent]
+        a = self.stage.agent(agent)
         msgs = [{"role": "system", "content": a.system}] if a.system else []
         msgs.append({"role": "user", "content": self.prompt(agent).render(**variables)})
         return msgs
 
     def sampling(self, agent: str, **override: Any) -> dict[str, Any]:
-        s = self.recipe.sampling_for(agent).model_dump(exclude_none=True)
+        s = dict(self.stage.agent(agent).sampling)
         s.update({k: v for k, v in override.items() if v is not None})
         s.setdefault("seed", 0)
         return s

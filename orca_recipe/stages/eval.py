@@ -5,12 +5,13 @@ from __future__ import annotations
 from orca_recipe.answers import equivalent, extract_final
 from orca_recipe.llm.door import LLMError
 from orca_recipe.problems import load_problems
+from orca_recipe.recipe.schema import Eval
 from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 from orca_recipe.stats import wilson  # re-exported: one copy, in orca_recipe.stats
 
 
 async def run(ctx: StageContext) -> StageResult:
-    ev = ctx.recipe.eval
+    ev: Eval = ctx.section
     assert ev is not None
     got = load_problems(ev.path, "auto", ev.question_field, ev.answer_field, ev.answer_format, limit=ev.limit, shuffle=False,
                         seed=0, prefix="eval", key="eval.path", max_steps=ev.max_solution_steps, need_gold=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from orca_recipe.llm.door import LLMError
+from orca_recipe.recipe.schema import Evolve
 from orca_recipe.stages.base import NUMBERED_ITEM, ParseFailure, Row, StageContext, StageResult, failure_row, map_bounded
 
 
@@ -40,7 +41,7 @@ def parse_verdict(text: str) -> bool | None:
 
 
 async def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.evolve
+    cfg: Evolve = ctx.section
     assert cfg is not None
     current = ctx.inputs[cfg.input][: cfg.limit] if cfg.limit else list(ctx.inputs[cfg.input])
     ctx.set_total(len(current) * cfg.rounds)

@@ -8,7 +8,10 @@ any problem sharing a word n-gram (13 by default) with an eval question.
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from orca_recipe.problems import load_problems
+from orca_recipe.recipe.schema import Filters
 from orca_recipe.stages.base import Row, StageContext, StageResult
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -55,8 +58,21 @@ def near_duplicates(texts: list[str], threshold: float) -> dict[int, int]:
     return dup
 
 
+def contamination_questions(data: dict[str, Any]) -> list[str]:
+    """The questions no generated problem may share an n-gram with: the decontamination file's
+    (the eval set unless the recipe names another) and the held-out dev split's."""
+    questions: list[str] = []
+    if data.get("decontaminate"):
+        questions += [r["question"] for r in load_problems(data["decontaminate"], "auto", data.get("question_field") or "question", None, "plain",
+                                                           limit=None, shuffle=False, seed=0, prefix="eval", key="filters.decontaminate.path").rows]
+    if data.get("holdout"):
+        questions += [r["question"] for r in load_problems(data["holdout"], "auto", "question", None, "plain", limit=None, shuffle=False,
+                                                           seed=0, prefix="holdout", key="seeds.holdout").rows]
+    return questions
+
+
 async def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.filters
+    cfg: Filters = ctx.section
     rows = list(ctx.inputs["solve"])
     ctx.set_total(len(rows))
     rejects: list[Row] = []
@@ -80,7 +96,7 @@ async def run(ctx: StageContext) -> StageResult:
         report["near_duplicates"] = len(dup)
         rows = [r for i, r in enumerate(rows) if i not in dup]
     if cfg.decontaminate is not None:
-        eval_questions = ctx.extra.get("eval_questions") or []
+        eval_questions = contamination_questions(ctx.stage.data)
         n = cfg.decontaminate.ngram
         eval_grams: set[str] = set()
         for q in eval_questions:

@@ -14,6 +14,7 @@ from collections import Counter
 
 from orca_recipe.answers import equivalent
 from orca_recipe.llm.door import LLMError
+from orca_recipe.recipe.schema import Judge
 from orca_recipe.stages.base import ParseFailure, Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 _VERDICT = re.compile(r"final\s+verdict\s*:?\s*\**\s*(correct|incorrect)", re.IGNORECASE)
@@ -39,7 +40,7 @@ def exact_verdict(sample: Row, ref: Row, mode: str) -> tuple[str, bool | None, b
 
 def needs_llm(ctx: StageContext) -> bool:
     """Whether any sample needs the LLM judge; the runner starts no model server when none does."""
-    mode = ctx.recipe.judge.mode
+    mode = ctx.section.mode
     if mode == "exact":
         return False
     solutions = {r["id"]: r for r in ctx.inputs["filter"]}
@@ -47,7 +48,7 @@ def needs_llm(ctx: StageContext) -> bool:
 
 
 async def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.judge
+    cfg: Judge = ctx.section
     solutions = {r["id"]: r for r in ctx.inputs["filter"]}
     samples = ctx.inputs[ctx.stage.inputs[0]]
     ctx.set_total(len(samples))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from orca_recipe.answers import extract_final
 from orca_recipe.llm.door import LLMError
+from orca_recipe.recipe.schema import Practice
 from orca_recipe.stages.base import Row, StageContext, StageResult, collect, failure_row, map_bounded
 
 
 async def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.practice
+    cfg: Practice = ctx.section
     assert cfg is not None
     it = ctx.stage.iteration
     problems = ctx.inputs["filter"][: cfg.problems] if cfg.problems else ctx.inputs["filter"]

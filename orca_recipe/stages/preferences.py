@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from orca_recipe.recipe.schema import Preferences
 from orca_recipe.stages.base import Row, StageContext, StageResult
 from orca_recipe.stages.student import ChatFormat, student_folder, student_prompt
 
@@ -59,7 +60,7 @@ def dpo_pairs(groups: dict[str, list[Row]], teacher: dict[str, Row], prompt_of, 
 
 
 async def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.preferences
+    cfg: Preferences = ctx.section
     judged = ctx.inputs[ctx.stage.inputs[0]]
     teacher = {r["id"]: r for r in ctx.inputs["filter"]}
     groups: dict[str, list[Row]] = defaultdict(list)

@@ -4,11 +4,12 @@ unusable rows are rejects with their line (orca_recipe.problems)."""
 from __future__ import annotations
 
 from orca_recipe.problems import held_out_questions, load_problems
+from orca_recipe.recipe.schema import Seeds
 from orca_recipe.stages.base import StageContext, StageResult
 
 
 async def run(ctx: StageContext) -> StageResult:
-    s = ctx.recipe.seeds
+    s: Seeds = ctx.section
     got = load_problems(s.path, s.format, s.question_field, s.answer_field, s.answer_format,
                         limit=s.limit, shuffle=s.shuffle, seed=s.seed, prefix="seed", key="seeds.path", max_steps=s.max_solution_steps,
                         held_out=held_out_questions(s.holdout, key="seeds.holdout"))

@@ -16,6 +16,7 @@ from collections import Counter
 
 from orca_recipe.answers import equivalent, extract_final, gsm8k_worked_solution, to_number
 from orca_recipe.llm.door import LLMError
+from orca_recipe.recipe.schema import Solve
 from orca_recipe.stages.base import Row, StageContext, StageResult, failure_row, map_bounded
 
 
@@ -25,7 +26,7 @@ def _answer_key(answer: str) -> str:
 
 
 async def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.solve
+    cfg: Solve = ctx.section
     problems = [p for name in cfg.inputs for p in ctx.inputs[name]]
     ctx.set_total(len(problems))
     agent = cfg.agent

@@ -45,7 +45,7 @@ class ChatFormat:
 
 def student_folder(ctx: StageContext) -> str:
     """The base student's model folder (its tokenizer is every checkpoint's)."""
-    local = ctx.recipe.models[ctx.recipe.training.student].local  # preferences imply training with a local student
+    local = ctx.stage.student  # the compiler gives it to every stage that trains or writes training rows
     if local.embedded:
         from orca_recipe.llm.embedded import ensure_embedded_model
 

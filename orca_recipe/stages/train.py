@@ -18,6 +18,7 @@ import yaml
 
 from orca_recipe.errors import UserError
 from orca_recipe.llm.hardware import gpu_count
+from orca_recipe.recipe.schema import Training
 from orca_recipe.stages.base import Row, StageContext, StageResult
 from orca_recipe.stages.student import student_messages
 from orca_recipe.store import atomic_write_text, write_jsonl
@@ -34,9 +35,7 @@ def sft_rows(ctx: StageContext, solved: list[Row]) -> list[Row]:
 
 
 def _ensure_base_model(ctx: StageContext) -> None:
-    tr = ctx.recipe.training
-    assert tr is not None
-    local = ctx.recipe.models[tr.student].local
+    local = ctx.stage.student
     if local is not None and local.embedded:
         from orca_recipe.llm.embedded import ensure_embedded_model
 
@@ -86,7 +85,7 @@ def merge_adapter(config: Path, adapter_dir: Path, model_dir: Path, launcher, lo
 
 
 async def run(ctx: StageContext) -> StageResult:
-    tr = ctx.recipe.training
+    tr: Training = ctx.section
     assert tr is not None and ctx.stage.trainer_config is not None
     cfg = dict(ctx.stage.trainer_config)
     out_dir = ctx.out_dir
