@@ -108,3 +108,98 @@ def test_a_fork_that_changes_only_the_preference_kind_shares_everything_before(p
     after = fingerprints(fork, [])
     same = {n for n in base if base[n] == after.get(n)}
     assert same == ALL - {"preferences_2", "train_2", "eval_2"}
+
+
+# ---------------------------------------------------------------------------- every key a stage runs with
+# A stage runs its StageRun (section, agent calls, student, data, trainer config) and nothing else,
+# so every leaf of what it runs with, mutated, must change its fingerprint, except what is here,
+# with why: these cannot change what the stage writes.
+NOT_IN_FINGERPRINT = {
+    "launcher.kind": "how Axolotl is started, not what it trains",
+    "launcher.node_rank": "each node of one run has the same fingerprint",
+    "launcher.main_process_ip": "addressing", "launcher.main_process_port": "addressing",
+    "launcher.extra_args": "launcher flags", "launcher.venv": "where Axolotl is installed",
+    "preferences.drop_all_correct": "read by KTO only (tiny.yaml trains DPO)",
+}
+
+
+def _variants(value, annotation, agents, files):
+    """Candidate values other than `value`, most plausible first: another choice of a Literal,
+    another agent, another data file, a nearby number, the flipped bool."""
+    import typing
+
+    choices = [a for t in [annotation, *typing.get_args(annotation)] if typing.get_origin(t) is typing.Literal for a in typing.get_args(t)]
+    if choices and not isinstance(value, list):
+        return choices
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1]
+    if isinstance(value, float):
+        return [round(value * 0.5, 6), round(min(1.0, value * 1.2), 6)]
+    if isinstance(value, str):
+        return [*agents, *files, "answer", "question", "zero2"]
+    if isinstance(value, list):
+        return [value[:-1]] if len(value) > 1 else [value + value, ["--x"]]
+    if value is None:
+        return [3, 0.5, True, "zero2", *files, *agents, {}]
+    return []
+
+
+def _leaves(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _leaves(value, f"{prefix}{name}.")
+        elif not isinstance(value, dict):
+            yield f"{prefix}{name}", value, info.annotation
+
+
+SECTION_KEY = {"seeds": "seeds", "ask_me_anything": "ask_me_anything", "evolve": "evolve", "solve": "solve", "filter": "filters",
+               "eval": "eval", "practice": "practice", "judge": "judge", "preferences": "preferences"}
+
+
+def test_every_key_a_stage_runs_with_is_in_its_fingerprint(project):
+    """Mutate each leaf of each stage's section (tiny.yaml) to the first of a few candidates the
+    schema accepts: the stage's fingerprint changes, unless NOT_IN_FINGERPRINT says why it must
+    not (and then it must not). The leaves no candidate could change are pinned, so a new key
+    is met."""
+    import dataclasses
+
+    from orca_recipe.errors import UserError
+    from orca_recipe.recipe.compile import TrainerSetup
+
+    plan = compile_file(project, [], run_dir=project.parent.parent / "runs" / "x")
+    base = {s.name: s.fingerprint for s in plan.stages}
+    agents, files = list(plan.recipe.agents), sorted(str(p) for p in (project.parent.parent / "data" / "gsm8k").glob("*.jsonl"))
+    checked, wrong, untried = set(), set(), set()
+    for stage in plan.stages:
+        if stage.section is None:
+            continue
+        if isinstance(stage.section, TrainerSetup):
+            roots = {f"training.{f.name}": getattr(stage.section, f.name) for f in dataclasses.fields(stage.section)}
+        else:
+            roots = {SECTION_KEY[stage.kind]: stage.section}
+        for root, section in roots.items():
+            for leaf, value, annotation in _leaves(section):
+                key = f"{root}.{leaf}"
+                short = key.removeprefix("training.")
+                for candidate in [v for v in _variants(value, annotation, agents, files) if v != value]:
+                    try:
+                        after = fingerprints(project, [f"{key}={yaml.safe_dump(candidate, default_flow_style=True).strip().removesuffix('...').strip()}"])
+                    except (UserError, ValueError):
+                        continue
+                    checked.add(key)
+                    if (after.get(stage.name) == base[stage.name]) != (short in NOT_IN_FINGERPRINT):
+                        wrong.add((stage.name, key, repr(candidate)))
+                    break
+                else:
+                    untried.add(key)
+    assert not wrong, sorted(wrong)  # a key it runs with left out of its fingerprint, or one it does not read put in
+    assert len(checked) >= 55, sorted(checked)
+    # no candidate passed validation: a multi-process launcher needs kind accelerate/torchrun, the
+    # answer settings must parse the shipped files' answers, the solver must sample at temperature > 0
+    assert untried == {"eval.answer_field", "eval.answer_format", "seeds.answer_field", "seeds.answer_format", "solve.agent",
+                       "training.launcher.node_rank", "training.launcher.num_nodes", "training.launcher.num_processes"}, sorted(untried)

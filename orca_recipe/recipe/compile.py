@@ -23,7 +23,7 @@ from orca_recipe.prompts import Prompt
 from orca_recipe.recipe.checks import agent_roles, check_references
 from orca_recipe.recipe.identity import chat_template_of, distributed_identity, fingerprint_of, launcher_identity, model_identity, portable, student_agent, student_model_path
 from orca_recipe.recipe.load import Loaded, load_recipe
-from orca_recipe.recipe.schema import Agent, Recipe
+from orca_recipe.recipe.schema import Agent, Distributed, Launcher, Recipe
 from orca_recipe.train.config import output_dir, preference_config, resume_keys, scale_keys, sft_config
 
 DEFAULT_REPLY_TOKENS = 1024  # a reply's bound where the recipe sets none (the server's own default is the model's length)
@@ -39,6 +39,16 @@ class AgentCall:
     prompt: Prompt | None
     system: str | None
     sampling: dict[str, Any]  # the agent's sampling over its model's
+
+
+@dataclass(frozen=True)
+class TrainerSetup:
+    """What a training stage reads beyond its rendered trainer config: how Axolotl is launched
+    (not fingerprinted beyond the process count: it cannot change the model) and the DeepSpeed
+    file to write beside it."""
+
+    launcher: Launcher
+    distributed: Distributed
 
 
 @dataclass(frozen=True)
@@ -306,7 +316,8 @@ def _sft(b: _Builder, n_solved: int | None) -> None:
     )
     spec = {"axolotl": opts, "launcher": launcher_identity(tr), **distributed_identity(tr), "base": model_identity(recipe.models[tr.student]),
             **b.prompt_identity(student_agent(recipe))}
-    b.add("sft", "sft", ("filter",), spec, iteration=1, trainer_config=trainer_config, rows=n_solved, section=tr, student=recipe.models[tr.student].local)
+    b.add("sft", "sft", ("filter",), spec, iteration=1, trainer_config=trainer_config, rows=n_solved, section=TrainerSetup(tr.launcher, tr.distributed),
+          student=recipe.models[tr.student].local)
 
 
 def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -> str:
@@ -319,8 +330,9 @@ def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -
           iteration=it, calls=samples or 0, rows=samples, section=pr)
     b.add(f"judge_{it}", "judge", (f"practice_{it}", "filter"), judge.model_dump(), (judge.agent,) if judge.agent and judge.mode != "exact" else (),
           iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples, section=judge)
-    # the fields the chosen kind reads: DPO pairs every group with a wrong sample, so it never reads drop_all_correct
-    template = chat_template_of(recipe.models[tr.student])
+    # the fields the chosen kind reads: DPO pairs every group with a wrong sample, so it never reads drop_all_correct, and
+    # writes chat messages (the trainer applies the template), so it never reads the student's chat template
+    template = chat_template_of(recipe.models[tr.student]) if prefs.kind == "kto" else None
     b.add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"),
           prefs.model_dump(exclude={"drop_all_correct"} if prefs.kind == "dpo" else None) | b.prompt_identity(pr.agent)
           | ({"chat_template": template} if template else {}), iteration=it, rows=samples, section=prefs, student=recipe.models[tr.student].local)
@@ -333,5 +345,5 @@ def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -
     )
     b.add(f"train_{it}", "train_preference", (f"preferences_{it}", model_stage),
           {"axolotl": opts, "kind": prefs.kind, "launcher": launcher_identity(tr), **distributed_identity(tr)},
-          iteration=it, trainer_config=trainer_config, section=tr, student=recipe.models[tr.student].local)
+          iteration=it, trainer_config=trainer_config, section=TrainerSetup(tr.launcher, tr.distributed), student=recipe.models[tr.student].local)
     return f"train_{it}"

@@ -403,7 +403,8 @@ class Judge(Strict):
 class Preferences(Strict):
     kind: Literal["kto", "dpo"] = "kto"
     max_per_problem: PositiveInt | None = Field(None, description="KTO rows or DPO pairs kept per problem.")
-    teacher_fallback: bool = Field(True, description="DPO: pair with the teacher's solution when no student sample is correct.")
+    teacher_fallback: bool = Field(True, description="Where no student sample is correct: DPO pairs the wrong ones with the teacher's "
+                                                     "solution, KTO adds it as a desirable row.")
     drop_all_correct: bool = Field(False, description="KTO: skip problems the student always gets right.")
 
 

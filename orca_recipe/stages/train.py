@@ -18,7 +18,7 @@ import yaml
 
 from orca_recipe.errors import UserError
 from orca_recipe.llm.hardware import gpu_count
-from orca_recipe.recipe.schema import Training
+from orca_recipe.recipe.compile import TrainerSetup
 from orca_recipe.stages.base import Row, StageContext, StageResult
 from orca_recipe.stages.student import student_messages
 from orca_recipe.store import atomic_write_text, write_jsonl
@@ -85,7 +85,7 @@ def merge_adapter(config: Path, adapter_dir: Path, model_dir: Path, launcher, lo
 
 
 async def run(ctx: StageContext) -> StageResult:
-    tr: Training = ctx.section
+    tr: TrainerSetup = ctx.section
     assert tr is not None and ctx.stage.trainer_config is not None
     cfg = dict(ctx.stage.trainer_config)
     out_dir = ctx.out_dir
