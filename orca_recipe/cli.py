@@ -290,7 +290,7 @@ def clean(
     """List (or with --yes remove) the stage outputs of earlier settings kept in RUN_DIR/.superseded."""
     import shutil
 
-    from orca_recipe.runner import superseded
+    from orca_recipe.stage_dirs import superseded
 
     found = superseded(run_dir)
     if not found:
@@ -307,7 +307,7 @@ def clean(
 @app.command()
 def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny.")) -> None:
     """Show a run's stages: state, rows, rejects, failures, requests, tokens, cost, time."""
-    from orca_recipe.runner import run_status
+    from orca_recipe.stage_dirs import run_status
 
     narrow = out.width < 120
     heads = ("stage", "state", "rows", "rej", "fail", "req", "hit", "tokens", "$", "s") if narrow else \

@@ -54,7 +54,7 @@ def check_repo_id(repo: str) -> str:
 
 def _finished(run_dir: Path) -> tuple[list[dict], list[str]]:
     """(finished stages with their manifests, notes on the planned stages left out)."""
-    from orca_recipe.runner import run_status
+    from orca_recipe.stage_dirs import run_status
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run directory (no such folder)")

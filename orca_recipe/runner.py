@@ -8,7 +8,6 @@ request cache, so a crash costs time, never money twice.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import shutil
 import signal
@@ -20,16 +19,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.llm.budget import Budget, BudgetExceeded
-from orca_recipe.llm.pool import ServerPool, local_timeout
-from orca_recipe.project import SUPERSEDED, default_cache, finished_elsewhere, link_tree, project_root
-from orca_recipe.recipe.compile import Plan, StageRun, reply_shape
+from orca_recipe.llm.pool import ServerPool
+from orca_recipe.progress import make_progress
+from orca_recipe.project import default_cache, finished_elsewhere, link_tree, project_root
+from orca_recipe.recipe.compile import Plan, StageRun
 from orca_recipe.recipe.fork import effective, to_yaml
+from orca_recipe.serving import StageServing, next_llm_stage, until_training
+from orca_recipe.stage_dirs import claim, fingerprint_of_folder, restore_superseded, set_aside
 from orca_recipe.stages.base import StageContext, StageResult
 from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest, write_jsonl, write_manifest
 
@@ -45,31 +45,6 @@ def stage_module(kind: str) -> Any:
 
 def stage_function(kind: str) -> Callable[[StageContext], Any]:
     return stage_module(kind).run
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f}/s" if speed else "", style="cyan")
-
-
-class _UsageColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        u = task.fields.get("usage")
-        if u is None or not (u.requests or u.cache_hits):
-            return Text("")
-        cost = "" if u.cost is None else f" ${u.cost:.4f}"
-        return Text(f"{u.prompt_tokens + u.completion_tokens:,} tok{cost} · {u.requests} req · {u.cache_hits} cached", style="dim")
-
-
-def make_progress(console: Console) -> Progress:
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-        TimeRemainingColumn(), _UsageColumn(), console=console, transient=False,
-    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -97,6 +72,7 @@ class Runner:
     def __post_init__(self) -> None:
         self.run_dir = self.plan.run_dir
         self.pool = ServerPool(self.run_dir, self.console)
+        self.serving = StageServing(self.plan, self.pool)
         self._cache: Any = None
         limit = self.max_cost if self.max_cost is not None else self.plan.recipe.budget_usd
         self.budget = Budget(limit, self.run_dir / "ledger.jsonl")
@@ -166,7 +142,7 @@ class Runner:
             try:
                 for i, stage in enumerate(stages):
                     todo = [s for s in stages[i:] if not self.is_done(s)]
-                    self.release_servers(next_llm_stage(todo) if self.pool.on_cpu else until_training(todo))
+                    self.serving.release_servers(next_llm_stage(todo) if self.pool.on_cpu else until_training(todo))
                     try:
                         outcomes.append(self.run_stage(stage))
                     except BudgetExceeded as e:
@@ -204,7 +180,7 @@ class Runner:
                 raise UserError(f"stage '{stage.name}' needs '{inp}', which is not done; run without --only, or with --until {stage.name}")
         inputs = {inp: read_jsonl(self.run_dir / inp / "data.jsonl") for inp in stage.inputs}
         input_data = self.input_data(stage)
-        self._claim(out_dir, stage, input_data)
+        claim(out_dir, stage, input_data)
 
         from orca_recipe.llm.door import Usage
 
@@ -217,7 +193,8 @@ class Runner:
             ctx.set_total = lambda n: progress.update(task, total=n)  # type: ignore[misc]
             ctx.advance = lambda n=1: progress.advance(task, n)  # type: ignore[misc]
             if stage.agents and getattr(stage_module(stage.kind), "needs_llm", lambda ctx: True)(ctx):
-                self._attach_llm(ctx)  # may start a vLLM server: timed apart from the work
+                self._open_cache()
+                self.serving.attach(ctx, self._cache, self.budget)  # may start a vLLM server: timed apart from the work
             startup = time.monotonic() - t0
             result: StageResult = asyncio.run(self._run_async(ctx))
             progress.update(task, usage=usage)
@@ -287,7 +264,7 @@ class Runner:
             return False
         out_dir = self.run_dir / stage.name
         if out_dir.exists():
-            if _fingerprint_of(out_dir) == stage.fingerprint:
+            if fingerprint_of_folder(out_dir) == stage.fingerprint:
                 shutil.rmtree(out_dir)  # an unfinished attempt at what is finished elsewhere
             else:
                 set_aside(out_dir)
@@ -300,26 +277,6 @@ class Runner:
         write_manifest(out_dir, {**m, "reused_from": str(found)})
         return self.is_done(stage)
 
-    @staticmethod
-    def _claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:
-        """Mark the folder as this fingerprint's on these inputs; a folder left by another
-        fingerprint or other inputs is cleared first, so a changed stage never resumes from
-        stale files (an old Axolotl checkpoint-N)."""
-        marker = out_dir / "stage.json"
-        mine = {"stage": stage.name, "fingerprint": stage.fingerprint, "input_data": input_data}
-        if marker.is_file():
-            try:
-                previous = json.loads(marker.read_text())
-            except ValueError:
-                previous = {}
-            if previous.get("fingerprint") != stage.fingerprint:
-                set_aside(out_dir)  # kept: switching the setting back costs nothing
-            elif previous.get("input_data", input_data) != input_data:
-                shutil.rmtree(out_dir)  # same spec on new inputs: its old rows are of no use
-        elif (out_dir / "manifest.json").is_file():  # complete, but for another fingerprint
-            set_aside(out_dir)
-        atomic_write_text(marker, json.dumps(mine))
-
     async def _run_async(self, ctx: StageContext) -> StageResult:
         fn = stage_function(ctx.stage.kind)
         if ctx.llm is None:
@@ -331,151 +288,6 @@ class Runner:
         finally:
             await ctx.llm.aclose()
 
-    def _attach_llm(self, ctx: StageContext) -> None:
-        from orca_recipe.llm.batch import MAX_REQUESTS
-        from orca_recipe.llm.door import LLM, Endpoint
-
-        recipe = self.plan.recipe
-        self._open_cache()
-        endpoints = {}
-        parallel = 1
-        names = {}
-        for agent in ctx.stage.agents:
-            key = recipe.agents[agent].model
-            m = recipe.models[key]
-            servers = 1 + len(m.replicas)
-            parallel = max(parallel, m.concurrency * servers * 2, MAX_REQUESTS if m.batch else 0)  # a batch takes every row at once
-            server_key = self.server_key(ctx.stage, agent)
-            names[agent] = server_key or key
-            if m.local is None:
-                endpoints[key] = Endpoint.from_recipe(key, m)
-                continue
-            model_stage = self.checkpoint_stage(ctx.stage, agent)
-            if model_stage:
-                folder = self.run_dir / model_stage / "output"
-                served = f"{key}-{model_stage}"
-            else:
-                folder = self._local_folder(m.local)
-                served = m.local.embedded or Path(folder).name
-            api_base = self.pool.api_base(server_key, folder, served, m.local)
-            # The cache knows a local model by its weights and the dtype it runs in, not by
-            # its folder: new weights in the same folder are another model.
-            identity = f"local:{content_id(folder)}:{self.pool.servers[server_key].dtype}"
-            endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
-            endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
-                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(m.concurrency, *reply_shape(self.plan.recipe, ctx.stage, agent), gpu=not self.pool.on_cpu)))
-        ctx.llm = LLM(endpoints, self._cache, batch_dir=self.run_dir / "batches", budget=self.budget)
-        ctx.endpoint_for = lambda agent: names[agent]
-        ctx.extra["parallel"] = parallel
-
-
-    def checkpoint_stage(self, stage: StageRun, agent: str) -> str | None:
-        """The training stage whose model this agent runs on here (practice/eval of the student)."""
-        tr = self.plan.recipe.training
-        if tr is None or self.plan.recipe.agents[agent].model != tr.student:
-            return None
-        if stage.kind == "practice":
-            return stage.inputs[1]
-        if stage.kind == "eval":
-            return stage.config.get("model_from")
-        return None
-
-    def server_key(self, stage: StageRun, agent: str) -> str | None:
-        """Which local server an agent needs in a stage (None for hosted models)."""
-        key = self.plan.recipe.agents[agent].model
-        if self.plan.recipe.models[key].local is None:
-            return None
-        ckpt = self.checkpoint_stage(stage, agent)
-        return f"{key}@{ckpt}" if ckpt else key
-
-    def release_servers(self, remaining: list[StageRun]) -> None:
-        """Stop local servers that none of `remaining` needs. On a CPU the runner passes only
-        the next stage: two engines there only compete for the same cores and memory, and a
-        restart (~30 s) is cheaper than a stage run beside an idle engine."""
-        needed = {self.server_key(s, a) for s in remaining for a in s.agents}
-        for key in list(self.pool.servers):
-            if key not in needed:
-                self.pool.stop(key)
-
-    def _local_folder(self, local: Any) -> Path:
-        if local.embedded:
-            from orca_recipe.llm.embedded import ensure_embedded_model
-
-            return ensure_embedded_model(local.embedded)
-        folder = Path(local.path)
-        if not (folder / "config.json").is_file():
-            raise UserError(f"local model folder {folder} has no config.json (expected a Hugging Face model folder)", key="models.*.local.path")
-        return folder
-
-
-
-def _fingerprint_of(folder: Path) -> str | None:
-    for name in ("stage.json", "manifest.json"):
-        try:
-            fp = json.loads((folder / name).read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(fp, str) and fp.isalnum():
-            return fp
-    return None
-
-
-def set_aside(out_dir: Path) -> Path | None:
-    """Move a stage folder made for another fingerprint to RUN_DIR/.superseded/STAGE-FP (a
-    trained model is not thrown away because a setting changed); None if it has no fingerprint."""
-    fp = _fingerprint_of(out_dir)
-    if fp is None:
-        shutil.rmtree(out_dir)
-        return None
-    target = out_dir.parent / SUPERSEDED / f"{out_dir.name}-{fp}"
-    target.parent.mkdir(exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    out_dir.rename(target)
-    return target
-
-
-def restore_superseded(run_dir: Path, stage: StageRun) -> bool:
-    """Bring back the output this fingerprint made before (a setting switched back), setting
-    the current folder aside; True when something came back."""
-    kept = run_dir / SUPERSEDED / f"{stage.name}-{stage.fingerprint}"
-    current = run_dir / stage.name
-    if not kept.is_dir() or _fingerprint_of(current) == stage.fingerprint:
-        return False
-    if current.exists():
-        set_aside(current)
-    kept.rename(current)
-    return True
-
-
-def superseded(run_dir: Path) -> list[tuple[Path, int]]:
-    """(folder, bytes) of every superseded stage output of a run directory."""
-    root = run_dir / SUPERSEDED
-    if not root.is_dir():
-        return []
-    return [(d, sum(f.stat().st_size for f in d.rglob("*") if f.is_file())) for d in sorted(root.iterdir()) if d.is_dir()]
-
-
-def until_training(todo: list[StageRun]) -> list[StageRun]:
-    """The stages before the next training stage: what a GPU machine keeps its servers for (a
-    trainer needs the GPUs an engine holds; the engine starts again after it)."""
-    out = []
-    for stage in todo:
-        if stage.kind in ("sft", "train_preference"):
-            break
-        out.append(stage)
-    return out
-
-
-def next_llm_stage(todo: list[StageRun]) -> list[StageRun]:
-    """The next stage that talks to a model, unless a training stage comes first (a trainer
-    on a CPU wants every core and the memory an idle engine holds): what a CPU keeps alive."""
-    for stage in todo:
-        if stage.kind in ("sft", "train_preference"):
-            return []
-        if stage.agents:
-            return [stage]
-    return []
 
 
 TERMINATED = False  # set once SIGTERM asked the run to stop
@@ -504,24 +316,3 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-# --------------------------------------------------------------------------- status
-
-
-def run_status(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per planned stage: state (done, stale, partial, not run) and its manifest figures."""
-    plan_file = run_dir / "plan.json"
-    if not plan_file.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no plan.json)")
-    planned = json.loads(plan_file.read_text())["stages"]
-    rows = []
-    for s in planned:
-        stage_dir = run_dir / s["name"]
-        m = read_manifest(stage_dir)
-        if m and m.get("complete"):
-            state = "done" if m.get("fingerprint") == s["fingerprint"] else "stale"
-        elif stage_dir.exists():
-            state = "partial"
-        else:
-            state = "not run"
-        rows.append({"stage": s["name"], "state": state, "planned_calls": s.get("calls", 0), "manifest": m or {}})
-    return rows

@@ -197,7 +197,7 @@ def test_servers_get_gpus_of_their_own(tmp_path):
 
 def test_no_server_is_kept_through_a_training_stage():
     from orca_recipe.recipe.compile import compile_file
-    from orca_recipe.runner import until_training
+    from orca_recipe.serving import until_training
 
     plan = compile_file(Path(__file__).resolve().parents[1] / "recipes" / "orca_math.yaml")
     after_filter = plan.stages[[s.name for s in plan.stages].index("eval_base"):]

@@ -60,7 +60,9 @@ def test_a_named_chat_template_reaches_axolotl_and_the_fingerprints(tmp_path):
     for stage in ("sft", "train_2"):
         cfg = plan.stage(stage).trainer_config
         assert cfg["chat_template"] == "jinja" and cfg["chat_template_jinja"] == MISTRAL
-    assert plan.stage("preferences_2").config["chat_template"] == MISTRAL
+    # KTO rows are chat-formatted text (the template is read there); DPO rows are messages the trainer formats
+    assert compile_file(mistral, ["preferences.kind=kto"]).stage("preferences_2").config["chat_template"] == MISTRAL
+    assert plan.recipe.preferences.kind == "dpo" and "chat_template" not in plan.stage("preferences_2").config
     chatml = compile_file(mistral, ["models.student.local.chat_template=chatml"])
     assert chatml.stage("sft").trainer_config["chat_template_jinja"] == CHATML
     before = {s.name: s.fingerprint for s in plan.stages}

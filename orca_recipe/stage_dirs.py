@@ -1,0 +1,101 @@
+"""A stage's folder in a run directory: claimed for one fingerprint, set aside (not deleted)
+when the fingerprint changes, brought back when a setting is switched back, and its state."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from orca_recipe.errors import UserError
+from orca_recipe.project import SUPERSEDED
+from orca_recipe.recipe.compile import StageRun
+from orca_recipe.store import atomic_write_text, read_manifest
+
+
+def claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:
+    """Mark the folder as this fingerprint's on these inputs; a folder left by another
+    fingerprint or other inputs is cleared first, so a changed stage never resumes from
+    stale files (an old Axolotl checkpoint-N)."""
+    marker = out_dir / "stage.json"
+    mine = {"stage": stage.name, "fingerprint": stage.fingerprint, "input_data": input_data}
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text())
+        except ValueError:
+            previous = {}
+        if previous.get("fingerprint") != stage.fingerprint:
+            set_aside(out_dir)  # kept: switching the setting back costs nothing
+        elif previous.get("input_data", input_data) != input_data:
+            shutil.rmtree(out_dir)  # same spec on new inputs: its old rows are of no use
+    elif (out_dir / "manifest.json").is_file():  # complete, but for another fingerprint
+        set_aside(out_dir)
+    atomic_write_text(marker, json.dumps(mine))
+
+
+def fingerprint_of_folder(folder: Path) -> str | None:
+    for name in ("stage.json", "manifest.json"):
+        try:
+            fp = json.loads((folder / name).read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(fp, str) and fp.isalnum():
+            return fp
+    return None
+
+
+def set_aside(out_dir: Path) -> Path | None:
+    """Move a stage folder made for another fingerprint to RUN_DIR/.superseded/STAGE-FP (a
+    trained model is not thrown away because a setting changed); None if it has no fingerprint."""
+    fp = fingerprint_of_folder(out_dir)
+    if fp is None:
+        shutil.rmtree(out_dir)
+        return None
+    target = out_dir.parent / SUPERSEDED / f"{out_dir.name}-{fp}"
+    target.parent.mkdir(exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    out_dir.rename(target)
+    return target
+
+
+def restore_superseded(run_dir: Path, stage: StageRun) -> bool:
+    """Bring back the output this fingerprint made before (a setting switched back), setting
+    the current folder aside; True when something came back."""
+    kept = run_dir / SUPERSEDED / f"{stage.name}-{stage.fingerprint}"
+    current = run_dir / stage.name
+    if not kept.is_dir() or fingerprint_of_folder(current) == stage.fingerprint:
+        return False
+    if current.exists():
+        set_aside(current)
+    kept.rename(current)
+    return True
+
+
+def superseded(run_dir: Path) -> list[tuple[Path, int]]:
+    """(folder, bytes) of every superseded stage output of a run directory."""
+    root = run_dir / SUPERSEDED
+    if not root.is_dir():
+        return []
+    return [(d, sum(f.stat().st_size for f in d.rglob("*") if f.is_file())) for d in sorted(root.iterdir()) if d.is_dir()]
+
+
+def run_status(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per planned stage: state (done, stale, partial, not run) and its manifest figures."""
+    plan_file = run_dir / "plan.json"
+    if not plan_file.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no plan.json)")
+    planned = json.loads(plan_file.read_text())["stages"]
+    rows = []
+    for s in planned:
+        stage_dir = run_dir / s["name"]
+        m = read_manifest(stage_dir)
+        if m and m.get("complete"):
+            state = "done" if m.get("fingerprint") == s["fingerprint"] else "stale"
+        elif stage_dir.exists():
+            state = "partial"
+        else:
+            state = "not run"
+        rows.append({"stage": s["name"], "state": state, "planned_calls": s.get("calls", 0), "manifest": m or {}})
+    return rows
