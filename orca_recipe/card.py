@@ -77,25 +77,34 @@ def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licen
     `stages`: {"name", "kind", "manifest", "path" (path in the repo, None when it has no rows),
     "rejects", "failures" (their rows)}; `licences`: {"seeds" | "eval": (recipe path, Licence)}.
     """
-    seeds_licence = licences["seeds"][1]
     # eval sets are test problems with gold: published as `test`, so nobody trains on them by accident
     configs = [{"config_name": s["name"], "data_files": [{"split": "test" if s["kind"] == "eval" else "train", "path": s["path"]}]}
                for s in stages if s["path"]]
     data = DatasetCardData(
-        license=seeds_licence.hub_id, pretty_name=f"orca-recipe run: {recipe.get('name', repo_id)}",
+        license=licences["seeds"][1].hub_id, pretty_name=f"orca-recipe run: {recipe.get('name', repo_id)}",
         tags=["orca-recipe", "orca-math", "synthetic", "math"], configs=configs, language=["en"],
     )
-    name = recipe.get("name", "?")
+    lines = (_intro(repo_id, recipe, stages) + _lineage(stages) + _stage_table(stages) + _models(recipe, stages, model_repos)
+             + _evaluation(checkpoints, pairs or []) + _licence(licences, stages, licence_files or {}))
+    if extra_files:
+        lines += ["## Files", "", "Besides the configs: " + ", ".join(f"`{f}`" for f in extra_files) + ".", ""]
+    lines += ["## Citation", "", "The pipeline is Orca-Math's:", "", CITATION, ""]
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
+
+
+def _intro(repo_id: str, recipe: dict[str, Any], stages: list[dict]) -> list[str]:
     with_rows = [s["name"] for s in stages if s["path"]]
     example = next((n for n in ("filter", "solve") if n in with_rows), with_rows[0] if with_rows else stages[0]["name"])
-    lines = [f"# {repo_id}", "",
-             f"Every dataset of one [orca-recipe](https://arxiv.org/abs/2402.14830) run of the recipe `{name}`"
-             + (f": {recipe['description']}" if recipe.get("description") else "."),
-             "One config per pipeline stage; each is that stage's `data.jsonl`, unchanged.", "",
-             "```python", "from datasets import load_dataset", "",
-             f"rows = load_dataset(\"{repo_id}\", \"{example}\", split=\"train\")", "```", ""]
+    return [f"# {repo_id}", "",
+            f"Every dataset of one [orca-recipe](https://arxiv.org/abs/2402.14830) run of the recipe `{recipe.get('name', '?')}`"
+            + (f": {recipe['description']}" if recipe.get("description") else "."),
+            "One config per pipeline stage; each is that stage's `data.jsonl`, unchanged.", "",
+            "```python", "from datasets import load_dataset", "",
+            f"rows = load_dataset(\"{repo_id}\", \"{example}\", split=\"train\")", "```", ""]
 
-    lines += ["## Lineage", "", "Which stage's rows feed which (a training stage feeds a model, not rows):", "", "```mermaid", "graph LR"]
+
+def _lineage(stages: list[dict]) -> list[str]:
+    lines = ["## Lineage", "", "Which stage's rows feed which (a training stage feeds a model, not rows):", "", "```mermaid", "graph LR"]
     for s in stages:
         for inp in s["manifest"].get("inputs") or {}:
             lines.append(f"  {inp} --> {s['name']}")
@@ -103,12 +112,14 @@ def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licen
     for s in stages:
         inputs = ", ".join(f"`{i}`" for i in (s["manifest"].get("inputs") or {})) or "the recipe's data files"
         lines.append(f"- `{s['name']}` ({s['kind']}): {WHAT.get(s['kind'], s['kind'])}; from {inputs}")
-    lines.append("")
+    return lines + [""]
 
-    lines += ["## Stages", "",
-              "Rows are kept rows; rejected rows were dropped on purpose, failed ones could not be produced (both with a reason, "
-              "in the stage's `rejects.jsonl` / `failures.jsonl` here).", "",
-              "| config | kind | rows | rejected | failed | LLM requests | tokens | cost $ | seconds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+def _stage_table(stages: list[dict]) -> list[str]:
+    lines = ["## Stages", "",
+             "Rows are kept rows; rejected rows were dropped on purpose, failed ones could not be produced (both with a reason, "
+             "in the stage's `rejects.jsonl` / `failures.jsonl` here).", "",
+             "| config | kind | rows | rejected | failed | LLM requests | tokens | cost $ | seconds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in stages:
         m = s["manifest"]
         u = m.get("usage") or {}
@@ -123,11 +134,14 @@ def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licen
         lines += ["### Why rows were rejected or failed", ""]
         lines += [f"- `{s['name']}` {kind}: {_reasons(rows)}" for s, kind, rows in why]
         lines.append("")
+    return lines
 
+
+def _models(recipe: dict[str, Any], stages: list[dict], model_repos: dict[str, str]) -> list[str]:
     models = recipe.get("models") or {}
     agents = recipe.get("agents") or {}
     kinds = {s["name"]: s["kind"] for s in stages}
-    lines += ["## Models", "", "| stage | agent | model |", "|---|---|---|"]
+    lines = ["## Models", "", "| stage | agent | model |", "|---|---|---|"]
     for s in stages:
         for agent in agents_used(recipe, s["kind"]):
             key = (agents.get(agent) or {}).get("model", "?")
@@ -141,8 +155,11 @@ def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licen
             student = model_label(models, training.get("student", "?"))
             repo = f" → [{model_repos[s['name']]}](https://huggingface.co/{model_repos[s['name']]})" if s["name"] in model_repos else ""
             lines.append(f"| {s['name']} | (Axolotl training) | from {student}{repo} |")
-    lines.append("")
+    return lines + [""]
 
+
+def _evaluation(checkpoints: list[dict], pairs: list[dict]) -> list[str]:
+    lines: list[str] = []
     if checkpoints:
         lines += ["## Evaluation", "", "Greedy pass@1 on the eval set, with a 95% Wilson interval.", "",
                   "| stage | checkpoint | n | correct | pass@1 | 95% CI |", "|---|---|---:|---:|---:|---|"]
@@ -150,7 +167,7 @@ def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licen
             lo, hi = c["ci95"]
             lines.append(f"| {c['stage']} | {c['model']} | {c['n']} | {c['correct']} | {c['pass_at_1']:.1%} | {lo:.1%} – {hi:.1%} |")
         lines.append("")
-    planned = [q for q in pairs or [] if q.get("planned")]
+    planned = [q for q in pairs if q.get("planned")]
     if planned:
         lines += ["Planned paired comparisons on the same problems (one-sided exact McNemar, Holm-adjusted over the family):", "",
                   "| A → B | n | only A / only B | B − A (pp) | 95% CI (pp) | Holm p |", "|---|---:|---:|---:|---|---:|"]
@@ -159,20 +176,19 @@ def dataset_card(repo_id: str, recipe: dict[str, Any], stages: list[dict], licen
             lines.append(f"| {q['a']} → {q['b']} | {q['n']} | {q['only_a']} / {q['only_b']} | {100 * q['diff']:+.1f} | "
                          f"{100 * lo:+.1f} … {100 * hi:+.1f} | {q['p_holm']:.4f} |")
         lines.append("")
+    return lines
 
-    lines += ["## Licence", ""]
+
+def _licence(licences: dict[str, tuple[str, Licence]], stages: list[dict], licence_files: dict[str, str]) -> list[str]:
+    lines = ["## Licence", ""]
     for role, (path, lic) in licences.items():
         if role == "eval" and not any(s["kind"] == "eval" for s in stages):
             continue
-        shipped = (licence_files or {}).get(role)
+        shipped = licence_files.get(role)
         where = f" (the file `{shipped}` in this repository)" if shipped else (f" (from `{Path(lic.source).name}` beside `{path}`)" if lic.source else "")
         what = "Seed data" if role == "seeds" else "Eval set (the eval stages' problems and gold answers)"
         lines.append(f"- {what} `{path or '?'}`: {lic.text.rstrip('.')}{where}.")
-    lines += ["- Rows the models wrote are also subject to the terms of the models listed above.", ""]
-    if extra_files:
-        lines += ["## Files", "", "Besides the configs: " + ", ".join(f"`{f}`" for f in extra_files) + ".", ""]
-    lines += ["## Citation", "", "The pipeline is Orca-Math's:", "", CITATION, ""]
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
+    return lines + ["- Rows the models wrote are also subject to the terms of the models listed above.", ""]
 
 
 CITATION = """```bibtex
