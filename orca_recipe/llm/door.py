@@ -326,58 +326,68 @@ class LLM:
             req["seed"] = int(params.get("seed", 0))
             return await self._paid(ep, keys, messages, req, lambda: self._batched(ep, keys, messages, req, usage))  # one batch request, n = n
         if n > 1 and len(missing) == n and ep.supports_n and ep.name not in self._ignores_n and not ep.batch:
-            lim = await self._limits_for(ep)
-            flight = "n:" + keys[0]
-            while (pending := lim.inflight.get(flight)) is not None:
-                # The same n-sample request is on its way (generated problems collide): wait, never pay twice.
-                await asyncio.wait({pending})
-                if pending.cancelled():
-                    continue
-                err = pending.exception()
-                if err is not None:
-                    if usage is not None and isinstance(err, LLMError):
-                        usage.failures += 1
-                    raise err
-                found = self.cache.get_many(keys)
-                if usage is not None:
-                    usage.cache_hits += sum(k in found for k in keys)
-                return [self._from_cache(found[k]) if k in found else await self.complete(name, messages, params, sample_index=i, usage=usage)
-                        for i, k in enumerate(keys)]
-            fut: asyncio.Future = asyncio.get_running_loop().create_future()
-            lim.inflight[flight] = fut
-            try:
-                req = dict(params)
-                req["seed"] = int(params.get("seed", 0))
-                req["n"] = n
-                got = (await self._paid(ep, keys, messages, req, lambda: self._request(ep, messages, req, usage)))[:n]
-                if len(got) < n:
-                    self._ignores_n.add(ep.name)  # this server ignores n: separate calls from now on
-                self.cache.put_many((keys[i], self._to_cache(c)) for i, c in enumerate(got))
-                fut.set_result(True)
-            except BaseException as e:
-                if not fut.done():
-                    if isinstance(e, Exception):
-                        fut.set_exception(e)
-                        fut.exception()  # retrieved; waiters still get it
-                    else:
-                        fut.cancel()
-                raise
-            finally:
-                lim.inflight.pop(flight, None)
-            for i, c in enumerate(got):
+            for i, c in enumerate(await self._n_in_one_request(name, ep, keys, messages, params, usage)):
                 results[i] = c
             missing = [i for i in range(n) if results[i] is None]
-
         if missing:
-            outs = await asyncio.gather(
-                *(self.complete(name, messages, params, sample_index=i, usage=usage) for i in missing),
-                return_exceptions=True)
-            errors = [o for o in outs if isinstance(o, BaseException)]
-            for err in errors:  # the fatal one first, else the first failure
-                if isinstance(err, (EndpointError, asyncio.CancelledError)) or not isinstance(err, Exception):
-                    raise err
-            if errors:
-                raise errors[0]
-            for i, o in zip(missing, outs):
-                results[i] = o  # type: ignore[assignment]  # no exceptions left
+            for i, c in zip(missing, await self._each_sample(name, messages, params, missing, usage)):
+                results[i] = c
         return results  # type: ignore[return-value]
+
+    async def _n_in_one_request(self, name: str, ep: Endpoint, keys: list[str], messages: list[dict], params: dict[str, Any],
+                                usage: Usage | None) -> list[Completion]:
+        """One request with ``n = len(keys)``: its completions (fewer when the server ignores n,
+        which is then asked per sample from now on). When the same n-sample request is already
+        on its way (generated problems collide), its answers instead: never paid twice."""
+        n = len(keys)
+        lim = await self._limits_for(ep)
+        flight = "n:" + keys[0]
+        while (pending := lim.inflight.get(flight)) is not None:
+            await asyncio.wait({pending})
+            if pending.cancelled():
+                continue
+            err = pending.exception()
+            if err is not None:
+                if usage is not None and isinstance(err, LLMError):
+                    usage.failures += 1
+                raise err
+            found = self.cache.get_many(keys)
+            if usage is not None:
+                usage.cache_hits += sum(k in found for k in keys)
+            return [self._from_cache(found[k]) if k in found else await self.complete(name, messages, params, sample_index=i, usage=usage)
+                    for i, k in enumerate(keys)]
+        # no await between the check above and this claim: one request per key set
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        lim.inflight[flight] = fut
+        try:
+            req = dict(params)
+            req["seed"] = int(params.get("seed", 0))
+            req["n"] = n
+            got = (await self._paid(ep, keys, messages, req, lambda: self._request(ep, messages, req, usage)))[:n]
+            if len(got) < n:
+                self._ignores_n.add(ep.name)  # this server ignores n: separate calls from now on
+            self.cache.put_many((keys[i], self._to_cache(c)) for i, c in enumerate(got))
+            fut.set_result(True)
+        except BaseException as e:
+            if not fut.done():
+                if isinstance(e, Exception):
+                    fut.set_exception(e)
+                    fut.exception()  # retrieved; waiters still get it
+                else:
+                    fut.cancel()
+            raise
+        finally:
+            lim.inflight.pop(flight, None)
+        return got
+
+    async def _each_sample(self, name: str, messages: list[dict], params: dict[str, Any], indices: list[int],
+                           usage: Usage | None) -> list[Completion]:
+        """Samples `indices` as separate seeded calls, concurrently; the fatal error first, else the first failure."""
+        outs = await asyncio.gather(*(self.complete(name, messages, params, sample_index=i, usage=usage) for i in indices), return_exceptions=True)
+        errors = [o for o in outs if isinstance(o, BaseException)]
+        for err in errors:
+            if isinstance(err, (EndpointError, asyncio.CancelledError)) or not isinstance(err, Exception):
+                raise err
+        if errors:
+            raise errors[0]
+        return outs  # type: ignore[return-value]  # no exceptions left

@@ -25,14 +25,53 @@ def _answer_key(answer: str) -> str:
     return str(n) if n is not None else answer.strip().lower()
 
 
+def lineage(p: Row) -> Row:
+    return {"id": p["id"], "question": p["question"], **{k: p.get(k) for k in ("seed_id", "parent_id", "origin", "round")}}
+
+
+def judge_samples(cfg: Solve, p: Row, texts: list[str], cut: list[bool]) -> tuple[str, Row]:
+    """("row" | "reject", row) for a problem's teacher samples: gold decides where there is one
+    (`keep_if_gold_matches`), else the samples' majority answer, within `max_answer_chars`."""
+    base = lineage(p)
+    samples = []
+    for text, was_cut in zip(texts, cut):
+        ans, how = extract_final(text)
+        samples.append((text.strip(), None if was_cut else ans, how))  # a reply cut at max_tokens has no final answer
+    answered = [s for s in samples if s[1] is not None]
+    if not answered:
+        reason = "cut_off: every sample reached max_tokens" if all(cut) else "no_final_answer"
+        return "reject", base | {"reason": reason, "solution": samples[0][0][:2000]}
+    fits = [s for s in answered if cfg.max_answer_chars is None or len(s[0]) <= cfg.max_answer_chars]
+    gold = p.get("gold")
+    if cfg.keep_if_gold_matches and gold is not None:
+        right = [s for s in answered if equivalent(s[1], gold) is True]
+        if not right:
+            return "reject", base | {"reason": f"gold_mismatch: 0/{len(texts)} samples equal the gold answer",
+                                     "answers": [s[1] for s in samples], "gold": gold}
+        kept = [s for s in right if s in fits]
+        if not kept:
+            return "reject", base | {"reason": f"too_long: {min(len(s[0]) for s in right)} chars > {cfg.max_answer_chars}"}
+        solution, answer, how = kept[0]
+        return "row", base | {"solution": solution, "final_answer": answer, "answer_extraction": how,
+                              "agreement": len(right), "samples": cfg.samples, "gold": gold, "teacher": "model"}
+    votes = Counter(_answer_key(s[1]) for s in answered)
+    top, count = votes.most_common(1)[0]
+    if count < cfg.min_agreement:
+        return "reject", base | {"reason": f"agreement {count}/{cfg.samples} < {cfg.min_agreement}", "answers": [s[1] for s in samples]}
+    fitting = [s for s in fits if _answer_key(s[1]) == top]
+    if not fitting:
+        longest = min(len(s[0]) for s in answered if _answer_key(s[1]) == top)
+        return "reject", base | {"reason": f"too_long: {longest} chars > {cfg.max_answer_chars}"}
+    solution, answer, how = fitting[0]
+    return "row", base | {"solution": solution, "final_answer": answer, "answer_extraction": how,
+                          "agreement": count, "samples": cfg.samples, "gold": gold, "teacher": "model"}
+
+
 async def run(ctx: StageContext) -> StageResult:
     cfg: Solve = ctx.section
     problems = [p for name in cfg.inputs for p in ctx.inputs[name]]
     ctx.set_total(len(problems))
     agent = cfg.agent
-
-    def lineage(p: Row) -> Row:
-        return {"id": p["id"], "question": p["question"], **{k: p.get(k) for k in ("seed_id", "parent_id", "origin", "round")}}
 
     def worked(p: Row) -> str | None:
         if not (cfg.gold_solutions and p.get("origin") == "seeds" and p.get("gold") is not None):
@@ -53,42 +92,7 @@ async def run(ctx: StageContext) -> StageResult:
             return "failure", failure_row(p["id"], "solve", f"llm: {e}")
         finally:
             ctx.advance(1)
-        return judge_samples(p, [c.text for c in comps], [c.finish_reason == "length" for c in comps])
-
-    def judge_samples(p: Row, texts: list[str], cut: list[bool]) -> tuple[str, Row]:
-        base = lineage(p)
-        samples = []
-        for text, was_cut in zip(texts, cut):
-            ans, how = extract_final(text)
-            samples.append((text.strip(), None if was_cut else ans, how))  # a reply cut at max_tokens has no final answer
-        answered = [s for s in samples if s[1] is not None]
-        if not answered:
-            reason = "cut_off: every sample reached max_tokens" if all(cut) else "no_final_answer"
-            return "reject", base | {"reason": reason, "solution": samples[0][0][:2000]}
-        fits = [s for s in answered if cfg.max_answer_chars is None or len(s[0]) <= cfg.max_answer_chars]
-        gold = p.get("gold")
-        if cfg.keep_if_gold_matches and gold is not None:
-            right = [s for s in answered if equivalent(s[1], gold) is True]
-            if not right:
-                return "reject", base | {"reason": f"gold_mismatch: 0/{len(texts)} samples equal the gold answer",
-                                         "answers": [s[1] for s in samples], "gold": gold}
-            kept = [s for s in right if s in fits]
-            if not kept:
-                return "reject", base | {"reason": f"too_long: {min(len(s[0]) for s in right)} chars > {cfg.max_answer_chars}"}
-            solution, answer, how = kept[0]
-            return "row", base | {"solution": solution, "final_answer": answer, "answer_extraction": how,
-                                  "agreement": len(right), "samples": cfg.samples, "gold": gold, "teacher": "model"}
-        votes = Counter(_answer_key(s[1]) for s in answered)
-        top, count = votes.most_common(1)[0]
-        if count < cfg.min_agreement:
-            return "reject", base | {"reason": f"agreement {count}/{cfg.samples} < {cfg.min_agreement}", "answers": [s[1] for s in samples]}
-        fitting = [s for s in fits if _answer_key(s[1]) == top]
-        if not fitting:
-            longest = min(len(s[0]) for s in answered if _answer_key(s[1]) == top)
-            return "reject", base | {"reason": f"too_long: {longest} chars > {cfg.max_answer_chars}"}
-        solution, answer, how = fitting[0]
-        return "row", base | {"solution": solution, "final_answer": answer, "answer_extraction": how,
-                              "agreement": count, "samples": cfg.samples, "gold": gold, "teacher": "model"}
+        return judge_samples(cfg, p, [c.text for c in comps], [c.finish_reason == "length" for c in comps])
 
     rows: list[Row] = []
     rejects: list[Row] = []
