@@ -144,35 +144,51 @@ def prepare(run_dir: Path, repo: str, out: Path, *, models: bool = False, licenc
     uploads: list[Upload] = []
     model_repos: dict[str, str] = {}
     if models:
-        for s in stages:
-            folder = run_dir / s["name"] / "output"
-            if s["kind"] not in TRAINING_KINDS:
-                continue
-            if not (folder / "config.json").is_file():
-                notes.append(f"{s['name']}: no model folder ({folder}/config.json missing), checkpoint not published")
-                continue
-            model_repo = check_repo_id(f"{repo}-{s['name'].replace('_', '-')}")
-            model_repos[s["name"]] = model_repo
-            card_dir = out / "models" / s["name"]
-            card_dir.mkdir(parents=True)
-            (card_dir / "README.md").write_text(model_card(model_repo, s, repo, recipe or {}, scored, licences["seeds"][1]))
-            files = [("README.md", card_dir / "README.md")]
-            files += [(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*"))
-                      if p.is_file() and not p.relative_to(folder).parts[0].startswith("checkpoint-") and p.name != "README.md"]
-            uploads.append(Upload(model_repo, "model", files))
+        uploads, model_repos = _model_uploads(run_dir, repo, out, stages, recipe or {}, scored, licences["seeds"][1], notes)
+    licence_files = _licence_files(licences, ds)
+    pairs = paired(run_dir, evals)["pairs"] if len(evals) > 1 else []
+    (ds / "README.md").write_text(dataset_card(repo, recipe or {}, stages, licences, scored, extra, model_repos, pairs, licence_files))
+    upload.files = [(p.relative_to(ds).as_posix(), p) for p in sorted(ds.rglob("*")) if p.is_file()]
+    return [upload, *uploads], notes
 
+
+def _model_uploads(run_dir: Path, repo: str, out: Path, stages: list[dict], recipe: dict, scored: list[dict], seeds_licence: Licence,
+                   notes: list[str]) -> tuple[list[Upload], dict[str, str]]:
+    """One model repo per trained checkpoint (its card and its folder, resume checkpoints left
+    out); a stage without a model folder is a note, not an upload."""
+    uploads: list[Upload] = []
+    model_repos: dict[str, str] = {}
+    for s in stages:
+        folder = run_dir / s["name"] / "output"
+        if s["kind"] not in TRAINING_KINDS:
+            continue
+        if not (folder / "config.json").is_file():
+            notes.append(f"{s['name']}: no model folder ({folder}/config.json missing), checkpoint not published")
+            continue
+        model_repo = check_repo_id(f"{repo}-{s['name'].replace('_', '-')}")
+        model_repos[s["name"]] = model_repo
+        card_dir = out / "models" / s["name"]
+        card_dir.mkdir(parents=True)
+        (card_dir / "README.md").write_text(model_card(model_repo, s, repo, recipe, scored, seeds_licence))
+        files = [("README.md", card_dir / "README.md")]
+        files += [(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*"))
+                  if p.is_file() and not p.relative_to(folder).parts[0].startswith("checkpoint-") and p.name != "README.md"]
+        uploads.append(Upload(model_repo, "model", files))
+    return uploads, model_repos
+
+
+def _licence_files(licences: dict[str, tuple[str, Licence]], ds: Path) -> dict[str, str]:
+    """The data's own licence texts copied into the dataset folder (GSM8K's MIT notice):
+    {role: file name}, one file per distinct text."""
     licence_files: dict[str, str] = {}
-    for role, (_path, lic) in licences.items():  # the data's own licence text travels with it (GSM8K's MIT notice)
+    for role, (_path, lic) in licences.items():
         text = _licence_file(lic.source)
         if text is not None:
             name = next((n for r, n in licence_files.items() if _licence_file(licences[r][1].source) == text), None) or \
                 ("LICENSE" if "LICENSE" not in licence_files.values() else f"LICENSE-{role}")
             shutil.copyfile(text, ds / name)
             licence_files[role] = name
-    pairs = paired(run_dir, evals)["pairs"] if len(evals) > 1 else []
-    (ds / "README.md").write_text(dataset_card(repo, recipe or {}, stages, licences, scored, extra, model_repos, pairs, licence_files))
-    upload.files = [(p.relative_to(ds).as_posix(), p) for p in sorted(ds.rglob("*")) if p.is_file()]
-    return [upload, *uploads], notes
+    return licence_files
 
 
 @contextmanager

@@ -43,6 +43,21 @@ def stage_module(kind: str) -> Any:
     return importlib.import_module(f"orca_recipe.stages.{module}")
 
 
+def write_tables(out_dir: Path, result: StageResult) -> dict[str, str]:
+    """data.jsonl, and rejects.jsonl / failures.jsonl where there are any (an empty JSON Lines
+    file does not load with `datasets`: StopIteration); returns {table: file name}."""
+    write_jsonl(out_dir / "data.jsonl", result.rows)
+    files = {"data": "data.jsonl"}
+    for part, rows in (("rejects", result.rejects), ("failures", result.failures)):
+        path = out_dir / f"{part}.jsonl"
+        if rows:
+            write_jsonl(path, rows)
+            files[part] = path.name
+        else:
+            path.unlink(missing_ok=True)
+    return files
+
+
 def stage_function(kind: str) -> Callable[[StageContext], Any]:
     return stage_module(kind).run
 
@@ -199,16 +214,8 @@ class Runner:
             result: StageResult = asyncio.run(self._run_async(ctx))
             progress.update(task, usage=usage)
         seconds = time.monotonic() - t0
-        write_jsonl(out_dir / "data.jsonl", result.rows)
-        files = {"data": "data.jsonl"}
-        for part, rows in (("rejects", result.rejects), ("failures", result.failures)):
-            path = out_dir / f"{part}.jsonl"
-            if rows:  # an empty JSON Lines file does not load with `datasets` (StopIteration): none is written
-                write_jsonl(path, rows)
-                files[part] = path.name
-            else:
-                path.unlink(missing_ok=True)
-        manifest = {
+        files = write_tables(out_dir, result)
+        write_manifest(out_dir, {
             "stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint, "complete": True,
             "inputs": {i: self.plan.stage(i).fingerprint for i in stage.inputs}, "input_data": input_data,
             "rows": len(result.rows), "rejects": len(result.rejects), "failures": len(result.failures),
@@ -216,8 +223,7 @@ class Runner:
             "started": started, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
             "usage": usage.__dict__, "report": result.report,
             "files": files,  # what loads with datasets.load_dataset("json", data_files=...): empty tables are not written
-        }
-        write_manifest(out_dir, manifest)
+        })
         if not self.quiet:
             extra = f", {len(result.rejects)} rejected, {len(result.failures)} failed" if (result.rejects or result.failures) else ""
             self.console.print(f"[green]✓[/] {stage.name}: {len(result.rows)} rows{extra} in {seconds:.1f} s")
