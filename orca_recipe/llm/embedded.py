@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from orca_recipe.errors import UserError
 from orca_recipe.home import embedded_model_dir
@@ -178,22 +178,7 @@ def _convert(spec: EmbeddedModel, source: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.float32, **kwargs)
     model = model.to(torch.float32)
 
-    eos, pad = _fix_tokenizer(spec, tokenizer)
-    max_len = getattr(model.config, "max_position_embeddings", None)
-    if max_len and (tokenizer.model_max_length or 0) > max_len:
-        tokenizer.model_max_length = max_len  # the GGUF leaves it "infinite"
-    eos_id = tokenizer.convert_tokens_to_ids(eos)
-    pad_id = tokenizer.convert_tokens_to_ids(pad)
-    model.config.eos_token_id = eos_id
-    model.config.pad_token_id = pad_id
-    gen = model.generation_config
-    gen.eos_token_id = eos_id
-    gen.pad_token_id = pad_id
-    if tokenizer.bos_token is not None:
-        gen.bos_token_id = model.config.bos_token_id = tokenizer.convert_tokens_to_ids(
-            tokenizer.bos_token
-        )
-
+    _set_special_tokens(spec, model, tokenizer)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
@@ -219,6 +204,24 @@ def _convert(spec: EmbeddedModel, source: Path, out: Path) -> None:
         f.chmod(0o644)  # some writers leave 0600
     (out / COMPLETE_MARKER).write_text(json.dumps(info, indent=2) + "\n")
     _log(f"converted in {info['seconds']} s (eos={check.eos_token!r}, pad={check.pad_token!r})")
+
+
+def _set_special_tokens(spec: EmbeddedModel, model: Any, tokenizer: Any) -> None:
+    """The tokenizer's eos/pad (fixed where the GGUF gets them wrong), its length capped at the
+    model's, and the same ids in the model's config and generation config."""
+    eos, pad = _fix_tokenizer(spec, tokenizer)
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    if max_len and (tokenizer.model_max_length or 0) > max_len:
+        tokenizer.model_max_length = max_len  # the GGUF leaves it "infinite"
+    eos_id = tokenizer.convert_tokens_to_ids(eos)
+    pad_id = tokenizer.convert_tokens_to_ids(pad)
+    model.config.eos_token_id = eos_id
+    model.config.pad_token_id = pad_id
+    gen = model.generation_config
+    gen.eos_token_id = eos_id
+    gen.pad_token_id = pad_id
+    if tokenizer.bos_token is not None:
+        gen.bos_token_id = model.config.bos_token_id = tokenizer.convert_tokens_to_ids(tokenizer.bos_token)
 
 
 def _fix_tokenizer(spec: EmbeddedModel, tokenizer) -> tuple[str, str]:
