@@ -24,6 +24,10 @@ LIMITS = {
     "data": 64 * 1024 * MIB,  # a seeds / eval file: 64 GiB
     "data line": 16 * MIB,    # one JSON Lines record
     "training progress": 4096,  # the progress plugin's {step, max_steps, loss, epoch}
+    "run file": 256 * MIB,    # a run directory's plan.json, manifest.json, stage.json, batch job, report
+    "model config": 16 * MIB,  # a model folder's config.json
+    "licence": 16 * MIB,      # a data folder's LICENSE, dataset card, dataset_info.json
+    "price map": 64 * MIB,    # litellm's bundled model price file
 }
 MAX_JSON_DEPTH = 64
 
@@ -99,3 +103,19 @@ def json_loads(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if isinstance(value, (dict, list)) and _depth(value, max_depth) > max_depth:
         raise ValueError(f"nested deeper than {max_depth} levels")
     return value
+
+
+def read_json(path: str | os.PathLike[str], what: str, *, key: str | None = None, where: str | None = None) -> Any:
+    """The JSON value of a regular UTF-8 file of at most LIMITS[what] bytes: a UserError when the
+    file cannot be read as such, a ValueError when it is not JSON."""
+    return json_loads(read_text(path, what, key=key, where=where))
+
+
+def maybe_json(path: str | os.PathLike[str], what: str) -> Any:
+    """`read_json`, or None where the file is missing, not a regular file, too large, not text
+    or not JSON: for files the product wrote itself and only consults (a marker, a lock note)."""
+    try:
+        return read_json(path, what)
+    except (UserError, ValueError):
+        return None
+

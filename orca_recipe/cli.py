@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from orca_recipe.bounded import read_text
 from orca_recipe.errors import UserError
 
 # pretty_exceptions_show_locals=False: a traceback of an unexpected error must never print the
@@ -234,7 +235,7 @@ def run(
     if (p.run_dir / "report.md").is_file() and any(o.name.startswith("eval_") for o in outcomes):
         from rich.markdown import Markdown
 
-        out.print(Markdown((p.run_dir / "report.md").read_text()))
+        out.print(Markdown(read_text(p.run_dir / "report.md", "run file")))
 
 
 @app.command()
@@ -354,7 +355,7 @@ def report(
     from orca_recipe.report import write_report
 
     path = write_report(run_dir)
-    out.print(Markdown(path.read_text()))
+    out.print(Markdown(read_text(path, "run file")))
     out.print(f"report: {path}")
 
 

@@ -30,11 +30,10 @@ def _memo_path() -> Path:
 def _remembered() -> dict[str, str]:
     global _memo
     if _memo is None:
-        try:
-            loaded = json.loads(_memo_path().read_text(encoding="utf-8"))
-            _memo = {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            _memo = {}
+        from orca_recipe.bounded import maybe_json
+
+        loaded = maybe_json(_memo_path(), "run file")
+        _memo = {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
     return _memo
 
 

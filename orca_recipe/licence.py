@@ -8,10 +8,12 @@ or a LICENSE file's first line. Anything else is "unknown", said plainly, never 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from orca_recipe.bounded import maybe_json, read_text
+from orca_recipe.errors import UserError
 
 UNKNOWN_TEXT = "unknown — check the seed data's licence"
 
@@ -58,39 +60,51 @@ def resolve_data_path(path: str | None, run_dir: Path) -> Path | None:
     return None
 
 
+def _text(path: Path) -> str | None:
+    """A licence-bearing file's text, or None where it is missing or not a readable text file
+    within the "licence" cap (a data folder is the user's: any file kind can be there)."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        return read_text(path, "licence")
+    except UserError:
+        return None
+
+
 def find_licence(data: Path | None) -> Licence:
     """What the data at `data` (a file or a `datasets` folder) records about its licence."""
     if data is None:
         return Licence("unknown", UNKNOWN_TEXT, None)
     folder = data if data.is_dir() else data.parent
     info = folder / "dataset_info.json"
-    if info.is_file():
-        try:
-            value = json.loads(info.read_text()).get("license")
-        except (ValueError, AttributeError):
-            value = None
+    found = maybe_json(info, "licence")
+    if isinstance(found, dict):
+        value = found.get("license")
         if value:
             return from_text(str(value), str(info))
     card = folder / "README.md"
-    if card.is_file():
+    card_text = _text(card)
+    if card_text is not None:
         from huggingface_hub import DatasetCard
 
         try:
-            value = DatasetCard(card.read_text()).data.license
+            value = DatasetCard(card_text).data.license
         except ValueError:
             value = None
         if value:
             value = value[0] if isinstance(value, list) else value
             return Licence(hub_id(str(value)) or "other", str(value), str(card))
     source = folder / "SOURCE.md"
-    if source.is_file():
-        m = re.search(r"^\W*licen[cs]e\W*:\s*(.+)$", source.read_text(), re.IGNORECASE | re.MULTILINE)
+    source_text = _text(source)
+    if source_text is not None:
+        m = re.search(r"^\W*licen[cs]e\W*:\s*(.+)$", source_text, re.IGNORECASE | re.MULTILINE)
         if m:
             return from_text(m.group(1), str(source))
     for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "COPYING"):
         f = folder / name
-        if f.is_file():
-            first = next((line for line in f.read_text(errors="replace").splitlines() if line.strip()), "")
+        text = _text(f)
+        if text is not None:
+            first = next((line for line in text.splitlines() if line.strip()), "")
             if first:
                 return from_text(first, str(f))
     return Licence("unknown", UNKNOWN_TEXT, None)

@@ -6,11 +6,12 @@ Reading the JSON file litellm ships is milliseconds; importing litellm is second
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+
+from orca_recipe.bounded import maybe_json
 
 # OpenAI's and Anthropic's batch APIs both bill half the synchronous price; used when the price
 # map has no ``*_batches`` entry for a model (or the recipe declares its own price).
@@ -24,10 +25,8 @@ def litellm_price_map() -> dict[str, Any]:
     if spec is None or not spec.submodule_search_locations:
         return {}
     path = Path(list(spec.submodule_search_locations)[0]) / "model_prices_and_context_window_backup.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    prices = maybe_json(path, "price map")
+    return prices if isinstance(prices, dict) else {}
 
 
 def _entry(model: str) -> dict | None:

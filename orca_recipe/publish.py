@@ -18,6 +18,7 @@ from typing import Iterator
 
 import yaml
 
+from orca_recipe.bounded import read_text
 from orca_recipe.card import TRAINING_KINDS, dataset_card, model_card
 from orca_recipe.errors import UserError
 from orca_recipe.licence import Licence, find_licence, resolve_data_path
@@ -115,7 +116,7 @@ def prepare(run_dir: Path, repo: str, out: Path, *, models: bool = False, licenc
 
     check_repo_id(repo)
     stages, notes = _finished(run_dir)
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").is_file() else {}
+    recipe = yaml.safe_load(read_text(run_dir / "recipe.yaml", "recipe")) if (run_dir / "recipe.yaml").is_file() else {}
     licences = _licences(run_dir, recipe or {}, licence)
     evals = [{"stage": s["name"], **s["manifest"]["report"]} for s in stages if s["kind"] == "eval" and s["manifest"].get("report")]
     scored = checkpoints(run_dir, evals)

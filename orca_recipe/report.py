@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from itertools import combinations
 from pathlib import Path
 
-from orca_recipe.errors import UserError
 from orca_recipe.stats import holm, mcnemar_exact, mcnemar_one_sided, paired_difference, wilson
-from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest
+from orca_recipe.store import atomic_write_text, read_jsonl, read_manifest, read_plan_stages
 
 
 def stale_stages(run_dir: Path) -> list[str]:
     """Stages whose finished output is for another fingerprint than the run's plan: left out of
     every figure (pairing an old checkpoint with a new one would be a wrong comparison)."""
-    stages = json.loads((run_dir / "plan.json").read_text())["stages"]
+    stages = read_plan_stages(run_dir)
     out = []
     for s in stages:
         m = read_manifest(run_dir / s["name"])
@@ -26,10 +24,7 @@ def stale_stages(run_dir: Path) -> list[str]:
 def collect(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(eval rows, every stage's manifest) in plan order: only stages finished for the plan's
     fingerprint (`stale_stages` names the others)."""
-    plan_file = run_dir / "plan.json"
-    if not plan_file.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no plan.json)")
-    stages = json.loads(plan_file.read_text())["stages"]
+    stages = read_plan_stages(run_dir)
     evals, manifests = [], []
     for s in stages:
         m = read_manifest(run_dir / s["name"])

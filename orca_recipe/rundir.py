@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from orca_recipe.bounded import maybe_json
 from orca_recipe.errors import UserError
 
 
@@ -59,12 +60,11 @@ def hold(run_dir: Path) -> Iterator[None]:
     except Timeout:
         held = "another process"
         for _ in range(20):  # the holder writes its name just after it takes the lock
-            try:
-                who = json.loads(owner.read_text())
+            who = maybe_json(owner, "run file")
+            if isinstance(who, dict) and isinstance(who.get("since", 0), (int, float)):
                 held = f"pid {who.get('pid')} since {time.strftime('%H:%M:%S', time.localtime(who.get('since', 0)))}"
                 break
-            except (OSError, ValueError, AttributeError):
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise UserError(f"another run ({held}) is using {run_dir}; wait for it to finish, or pass another --run-dir") from None
     try:
         owner.write_text(json.dumps({"pid": os.getpid(), "since": time.time()}))

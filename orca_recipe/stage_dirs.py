@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from orca_recipe.errors import UserError
+from orca_recipe.bounded import maybe_json
 from orca_recipe.project import SUPERSEDED
 from orca_recipe.recipe.compile import StageRun
-from orca_recipe.store import atomic_write_text, read_manifest
+from orca_recipe.store import atomic_write_text, read_manifest, read_plan_stages
 
 
 def claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:
@@ -20,11 +20,9 @@ def claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:
     stale files (an old Axolotl checkpoint-N)."""
     marker = out_dir / "stage.json"
     mine = {"stage": stage.name, "fingerprint": stage.fingerprint, "input_data": input_data}
-    if marker.is_file():
-        try:
-            previous = json.loads(marker.read_text())
-        except ValueError:
-            previous = {}
+    if marker.exists() or marker.is_symlink():
+        previous = maybe_json(marker, "run file")
+        previous = previous if isinstance(previous, dict) else {}  # torn, or not ours: another fingerprint's
         if previous.get("fingerprint") != stage.fingerprint:
             set_aside(out_dir)  # kept: switching the setting back costs nothing
         elif previous.get("input_data", input_data) != input_data:
@@ -36,10 +34,8 @@ def claim(out_dir: Path, stage: StageRun, input_data: dict[str, str]) -> None:
 
 def fingerprint_of_folder(folder: Path) -> str | None:
     for name in ("stage.json", "manifest.json"):
-        try:
-            fp = json.loads((folder / name).read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            continue
+        found = maybe_json(folder / name, "run file")
+        fp = found.get("fingerprint") if isinstance(found, dict) else None
         if isinstance(fp, str) and fp.isalnum():
             return fp
     return None
@@ -83,10 +79,7 @@ def superseded(run_dir: Path) -> list[tuple[Path, int]]:
 
 def run_status(run_dir: Path) -> list[dict[str, Any]]:
     """One row per planned stage: state (done, stale, partial, not run) and its manifest figures."""
-    plan_file = run_dir / "plan.json"
-    if not plan_file.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no plan.json)")
-    planned = json.loads(plan_file.read_text())["stages"]
+    planned = read_plan_stages(run_dir)
     rows = []
     for s in planned:
         stage_dir = run_dir / s["name"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -30,22 +31,61 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    import json
+    """A dataset the run wrote: a regular file of JSON objects, one a line, each line within the
+    "data line" cap; a damaged one is one UserError naming its file:line."""
+    from orca_recipe.bounded import LIMITS, check_regular, json_loads
+    from orca_recipe.errors import UserError
 
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    check_regular(path, "data")
+    limit = LIMITS["data line"]
+    rows: list[dict] = []
+    n = 0
+    try:
+        with path.open(encoding="utf-8") as f:
+            while True:
+                n += 1
+                line = f.readline(limit + 1)
+                if not line:
+                    break
+                if len(line) > limit:
+                    raise UserError(f"line {n} of {path} is over the {limit >> 20} MiB a row may be", where=f"{path}:{n}")
+                if line.strip():
+                    row = json_loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError("not a JSON object")
+                    rows.append(row)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged at line {n} ({e}); remove the stage's folder and run again to rebuild it",
+                        where=f"{path}:{n}") from None
+    return rows
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
-    import json
+    """A stage's manifest, or None: missing, torn, or not a manifest at all (a FIFO, a 10 GB
+    file, a list) all mean the stage is not complete, and it runs again."""
+    from orca_recipe.bounded import maybe_json
 
-    p = stage_dir / "manifest.json"
-    if not p.is_file():
-        return None
+    m = maybe_json(stage_dir / "manifest.json", "run file")
+    return m if isinstance(m, dict) else None
+
+
+def read_plan_stages(run_dir: Path) -> list[dict[str, Any]]:
+    """The stages RUN_DIR/plan.json lists ({name, kind, fingerprint, calls}); one UserError when
+    there is none or it is damaged."""
+    from orca_recipe.bounded import read_json
+    from orca_recipe.errors import UserError
+
+    plan_file = run_dir / "plan.json"
+    if not plan_file.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no plan.json)")
     try:
-        return json.loads(p.read_text())
-    except ValueError:
-        return None  # a torn manifest means the stage is not complete
+        stages = read_json(plan_file, "run file").get("stages")
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"{plan_file} is damaged ({e or 'not a JSON object'}); `orca-recipe run` writes it again") from None
+    if not isinstance(stages, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("fingerprint"), str)
+                                               and s["name"].isidentifier() for s in stages):
+        raise UserError(f"{plan_file} is damaged (its 'stages' are not a list of named stages); `orca-recipe run` writes it again")
+    return stages
 
 
 def write_manifest(stage_dir: Path, manifest: dict) -> None:

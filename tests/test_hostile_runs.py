@@ -367,3 +367,48 @@ def test_preview_shows_a_few_seeds_and_the_full_run_does_not_pay_for_them_again(
         assert full.returncode == 0, full.stderr[-1500:]
         assert max(fake.delivered_by_prompt_seed().values()) == 1  # the previewed requests came from the cache
         assert sum(fake.delivered_by_prompt_seed().values()) > sum(previewed.values())  # and the rest was asked
+
+
+RUN_FILES = ["plan.json", "ask_me_anything/manifest.json", "ask_me_anything/stage.json", "seeds/data.jsonl"]
+DAMAGE = ["fifo", "dev_zero", "huge", "wrong_type", "not_utf8"]
+
+
+def _spoil(path: Path, how: str) -> None:
+    path.unlink()
+    if how == "fifo":
+        os.mkfifo(path)  # opening it would block forever
+    elif how == "dev_zero":
+        path.symlink_to("/dev/zero")  # reading it never ends
+    elif how == "huge":
+        with path.open("wb") as f:  # 300 MiB, sparse: over every run file's cap, no disk used
+            f.truncate(300 << 20)
+    elif how == "wrong_type":
+        path.write_text('[["not", "an", "object"]]\n')
+    else:
+        path.write_bytes(b'{"stages": "\xff\xfe"}\n')
+
+
+def test_a_damaged_run_directory_is_one_error_or_a_rerun_and_never_a_hang(tmp_path):
+    """Every file of a run directory the product reads back (plan, manifest, stage marker, a
+    dataset), replaced by a FIFO, a link to /dev/zero, a 300 MiB file, JSON of the wrong shape
+    or bytes that are not UTF-8: `status`, `report` and `run` finish in bounded time with exit
+    0 or one `error:` line (exit 2), and `run` pays for nothing twice."""
+    import shutil
+
+    with pipeline() as fake:
+        recipe = fake_recipe(tmp_path / "r.yaml", fake.api_base, **SMALL)
+        good = tmp_path / "good"
+        assert run_cli("run", recipe, "--run-dir", good).returncode == 0
+        paid = fake.requests_by_prompt_seed.total()
+        for i, (name, how) in enumerate((n, h) for n in RUN_FILES for h in DAMAGE):
+            run = tmp_path / "runs" / f"{i}"
+            shutil.copytree(good, run, symlinks=True)
+            _spoil(run / name, how)
+            commands = [("status", run), ("report", run)] + ([("run", recipe, "--run-dir", run)] if i % len(DAMAGE) == RUN_FILES.index(name) else [])
+            for args in commands:
+                out = run_cli(*args, timeout=90)
+                assert out.returncode in (0, 2), (name, how, args[0], out.returncode, out.stderr[-600:])
+                assert "Traceback" not in out.stderr, (name, how, args[0], out.stderr[-1200:])
+                if out.returncode == 2:
+                    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) <= 3, (name, how, out.stderr[-600:])
+        assert fake.requests_by_prompt_seed.total() == paid  # every rerun's requests came from the project's cache

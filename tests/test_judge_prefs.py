@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orca_recipe.stages.eval import wilson
 from orca_recipe.stages.judge import parse_verdict
 from orca_recipe.stages.preferences import dpo_pairs, kto_rows
@@ -114,3 +116,26 @@ def test_kto_losses_are_balanced_unless_the_recipe_sets_weights():
     assert kto_weights(rows, {"kto_undesirable_weight": 0.5}) == {}
     assert kto_weights([{"label": True}] * 5 + [{"label": False}] * 3, {}) == {}  # already balanced
     assert kto_weights([{"label": False}] * 3, {}) == {}  # nothing desirable: nothing to weight
+
+
+def test_training_rows_render_the_students_turn_from_the_compiled_stage(tmp_path):
+    """SFT rows and DPO pairs are written under the student's prompt, which the training stages
+    render but never call: it travels in their StageRun like a called agent's (no recipe)."""
+    import asyncio
+
+    from orca_recipe.recipe.compile import compile_file
+    from orca_recipe.stages import preferences
+    from orca_recipe.stages.base import StageContext
+    from orca_recipe.stages.train import sft_rows
+
+    root = Path(__file__).resolve().parents[1]
+    plan = compile_file(root / "recipes" / "tiny.yaml", run_dir=tmp_path)
+    student = plan.prompts["student"].render(problem="Tom has 3 apples. How many?")
+    solved = [{"id": "p", "question": "Tom has 3 apples. How many?", "solution": "3\n#### 3", "final_answer": "3"}]
+    rows = sft_rows(StageContext(stage=plan.stage("sft"), inputs={"filter": solved}, out_dir=tmp_path / "sft"), solved)
+    assert rows[0]["messages"][-2] == {"role": "user", "content": student} and rows[0]["messages"][-1]["content"] == "3\n#### 3"
+    judged = [{"id": f"p#s{k}", "problem_id": "p", "question": solved[0]["question"], "response": f"#### {k + 2}", "correct": k == 1}
+              for k in range(2)]
+    ctx = StageContext(stage=plan.stage("preferences_2"), inputs={"judge_2": judged, "filter": solved}, out_dir=tmp_path / "p")
+    pairs = asyncio.run(preferences.run(ctx)).rows
+    assert plan.recipe.preferences.kind == "dpo" and len(pairs) == 1 and pairs[0]["prompt"] == [{"role": "user", "content": student}]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from orca_recipe.bounded import maybe_json
 from orca_recipe.llm.accounting import split_reply
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
@@ -73,9 +74,10 @@ class Job:
 
     @classmethod
     def load(cls, path: Path) -> "Job | None":
+        fields = maybe_json(path, "run file")
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            return cls(**fields) if isinstance(fields, dict) else None
+        except TypeError:
             return None
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from orca_recipe.bounded import maybe_json
 from orca_recipe.errors import UserError
 from orca_recipe.home import embedded_model_dir
 
@@ -106,10 +107,7 @@ def gguf_path(name: str) -> Path:
 
 def is_converted(name: str) -> bool:
     """Whether `name`'s folder is complete and converted the current way."""
-    try:
-        info = json.loads((model_dir(name) / COMPLETE_MARKER).read_text())
-    except (OSError, ValueError):
-        return False
+    info = maybe_json(model_dir(name) / COMPLETE_MARKER, "run file")
     return isinstance(info, dict) and info.get("dtype") == CONVERTED_DTYPE
 
 

@@ -8,13 +8,14 @@ canned texts and printed beside every figure measured.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+from orca_recipe.bounded import maybe_json
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -125,9 +126,8 @@ def kv_cache_gib(model_dir: Path, dtype: str, max_num_seqs: int, max_model_len: 
     needs, and two such engines beside a trainer crowd a 24 GiB machine. Too small a cache
     is not an error, only slower: vLLM pre-empts and recomputes a sequence.
     """
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+    config = maybe_json(Path(model_dir) / "config.json", "model config")
+    if config is None:
         return cap_gib
     per_token = kv_bytes_per_token(config if isinstance(config, dict) else {}, dtype)
     if not per_token:

@@ -19,7 +19,6 @@ import atexit
 import collections
 import errno
 import importlib.metadata
-import json
 import os
 import signal
 import socket
@@ -31,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
+from orca_recipe.bounded import maybe_json
 from orca_recipe.child import die_with_parent
 from orca_recipe.errors import UserError
 from orca_recipe.home import cache_home
@@ -314,9 +314,8 @@ def is_vllm_cpu(python: str) -> bool:
 
 
 def _context_len(model_dir: Path) -> int:
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+    cfg = maybe_json(Path(model_dir) / "config.json", "model config")
+    if cfg is None:
         return 0
     cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
     value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None

@@ -164,10 +164,13 @@ class _Builder:
         self.rows: dict[str, int | None] = {}
         self.warnings: list[str] = []
 
-    def add(self, name: str, kind: str, inputs: tuple[str, ...], config: dict[str, Any], agents: tuple[str, ...] = (), **kw: Any) -> StageRun:
+    def add(self, name: str, kind: str, inputs: tuple[str, ...], config: dict[str, Any], agents: tuple[str, ...] = (),
+            renders: str | None = None, **kw: Any) -> StageRun:
+        """`agents`: the agents the stage calls; `renders`: one whose turns it writes into
+        training rows without calling it (the student's, in `config` as its prompt identity)."""
         identity = {"kind": kind, "config": config, "agents": {a: self.agent_identity(a) for a in agents}, "inputs": [self.fp[i] for i in inputs]}
         self.fp[name] = fingerprint_of(portable(identity, self.base))
-        calls = {a: self.agent_call(a) for a in agents}
+        calls = {a: self.agent_call(a) for a in (*agents, *([renders] if renders else []))}
         stage = StageRun(name=name, kind=kind, inputs=inputs, config=config, fingerprint=self.fp[name], agents=agents, agent_calls=calls, **kw)
         self.rows[name] = stage.rows
         self.stages.append(stage)
@@ -316,7 +319,8 @@ def _sft(b: _Builder, n_solved: int | None) -> None:
     )
     spec = {"axolotl": opts, "launcher": launcher_identity(tr), **distributed_identity(tr), "base": model_identity(recipe.models[tr.student]),
             **b.prompt_identity(student_agent(recipe))}
-    b.add("sft", "sft", ("filter",), spec, iteration=1, trainer_config=trainer_config, rows=n_solved, section=TrainerSetup(tr.launcher, tr.distributed),
+    b.add("sft", "sft", ("filter",), spec, renders=student_agent(recipe), iteration=1, trainer_config=trainer_config, rows=n_solved,
+          section=TrainerSetup(tr.launcher, tr.distributed),
           student=recipe.models[tr.student].local)
 
 
@@ -335,7 +339,8 @@ def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -
     template = chat_template_of(recipe.models[tr.student]) if prefs.kind == "kto" else None
     b.add(f"preferences_{it}", "preferences", (f"judge_{it}", "filter"),
           prefs.model_dump(exclude={"drop_all_correct"} if prefs.kind == "dpo" else None) | b.prompt_identity(pr.agent)
-          | ({"chat_template": template} if template else {}), iteration=it, rows=samples, section=prefs, student=recipe.models[tr.student].local)
+          | ({"chat_template": template} if template else {}), renders=pr.agent, iteration=it, rows=samples, section=prefs,
+          student=recipe.models[tr.student].local)
     st_dir = b.run_dir / f"train_{it}"
     opts = tr.preference.axolotl.options()
     trainer_config = preference_config(

@@ -71,12 +71,11 @@ def sharding(recipe: Recipe) -> str | None:
         return None
     if ds in ("zero2", "zero3", "zero3_offload"):
         return ds.split("_")[0]
-    import json
-    from pathlib import Path
+    from orca_recipe.bounded import maybe_json
 
     try:  # a DeepSpeed file of the user's: its zero_optimization.stage
-        stage = json.loads(Path(ds).read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage", 0)
-    except (OSError, ValueError, AttributeError):
+        stage = maybe_json(ds, "DeepSpeed config").get("zero_optimization", {}).get("stage", 0)
+    except AttributeError:  # unreadable, not JSON, or not an object
         return None
     return f"zero{stage}" if stage in (1, 2, 3) else None
 
