@@ -22,17 +22,15 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orca_recipe.bounded import maybe_json
 from orca_recipe.llm.accounting import split_reply
+from orca_recipe.llm.batch_jobs import Job, Pending, job_results
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
 from orca_recipe.llm.errors import AUTH, FAIL, NOTFOUND, QUOTA, RETRY, Failure, LLMError, http_failure
 from orca_recipe.llm.transport import Reply, read_choices, token_count
-from orca_recipe.store import atomic_write_text
 
 SETTLE_S = 0.5             # a queue that got nothing new for this long is sent
 MAX_REQUESTS = 50_000      # OpenAI's limit per batch (Anthropic's is 100,000)
@@ -41,44 +39,6 @@ API_TRIES = 5              # tries for each call to the files / batches API itse
 DOWNLOAD_TIMEOUT_S = 900   # a results file of 50,000 replies is hundreds of MB: its own deadline, not a request's
 DEFAULT_BASE = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-
-
-@dataclass
-class Pending:
-    """One request waiting for its batch: the cache keys its samples go to, and its body."""
-
-    keys: list[str]
-    messages: list[dict]
-    params: dict[str, Any]
-    future: asyncio.Future
-    rounds: int = 0
-    last_error: str = ""
-
-
-@dataclass
-class Job:
-    """A batch job as written to the run folder (enough to resume it after a kill)."""
-
-    name: str
-    provider: str
-    requests: dict[str, list[str]]      # custom_id -> the cache keys of its samples
-    endpoint: str = ""                  # the recipe's model key that sent it (its api_base and key poll it)
-    batch_id: str | None = None
-    file_id: str | None = None
-    state: str = "submitting"           # submitting -> submitted -> done
-    created: float = field(default_factory=time.time)
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / f"{self.name}.json", json.dumps(self.__dict__))
-
-    @classmethod
-    def load(cls, path: Path) -> "Job | None":
-        fields = maybe_json(path, "run file")
-        try:
-            return cls(**fields) if isinstance(fields, dict) else None
-        except TypeError:
-            return None
 
 
 class BatchClient:
@@ -279,7 +239,7 @@ class BatchClient:
             if not fid:
                 continue
             text = await self._call("GET", f"/files/{fid}/content", raw=True)
-            for cid, item in _results(text, job):
+            for cid, item in job_results(text, job):
                 resp = item.get("response") or {}
                 body = resp.get("body") if isinstance(resp, dict) else None
                 if resp.get("status_code") == 200 and isinstance(body, dict):
@@ -329,7 +289,7 @@ class BatchClient:
         url = status.get("results_url")
         if url:
             text = await self._call("GET", url, raw=True)
-            for cid, item in _results(text, job):
+            for cid, item in job_results(text, job):
                 result = item.get("result") or {}
                 if result.get("type") == "succeeded":
                     msg = result.get("message") or {}
@@ -394,17 +354,6 @@ class BatchClient:
                 failure.attempts = attempt
                 raise failure
             await asyncio.sleep(min(failure.retry_after or 2.0 ** attempt, self.ep.max_backoff_s))
-
-
-def _results(text: str, job: Job):
-    """(custom_id, line) for each readable JSON line of a results file that belongs to `job`."""
-    for line in text.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict) and item.get("custom_id") in job.requests:
-            yield item["custom_id"], item
 
 
 def default_key_env(ep: Endpoint) -> str | None:
