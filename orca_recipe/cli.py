@@ -308,7 +308,7 @@ def clean(
 @app.command()
 def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny.")) -> None:
     """Show a run's stages: state, rows, rejects, failures, requests, tokens, cost, time."""
-    from orca_recipe.stage_dirs import run_status
+    from orca_recipe.stage_dirs import run_status, status_cells
 
     narrow = out.width < 120
     heads = ("stage", "state", "rows", "rej", "fail", "req", "hit", "tokens", "$", "s") if narrow else \
@@ -318,15 +318,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/
         table.add_column(h, no_wrap=h in ("stage", "state"), justify="left" if h in ("stage", "state") else "right")
     style = {"done": "green", "stale": "yellow", "partial": "red", "not run": "dim"}
     for r in run_status(run_dir):
-        m = r["manifest"]
-        u = m.get("usage") or {}
-        tokens = (u.get("prompt_tokens") or 0) + (u.get("completion_tokens") or 0)
-        cost = u.get("cost")
-        table.add_row(
-            r["stage"], f"[{style[r['state']]}]{r['state']}[/]", str(m.get("rows", "")), str(m.get("rejects", "")), str(m.get("failures", "")),
-            str(u.get("requests", "")), str(u.get("cache_hits", "")), f"{tokens:,}" if u else "",
-            "" if not u else ("?" if cost is None else f"{cost:.4f}"), f"{m['seconds']:.1f}" if "seconds" in m else "",
-        )
+        table.add_row(r["stage"], f"[{style[r['state']]}]{r['state']}[/]", *status_cells(r["manifest"]))
     out.print(table)
     if narrow:
         out.print("[dim]rej: rejected · fail: failed · req: LLM requests · hit: answered from the cache · $: cost · s: seconds[/]")

@@ -92,3 +92,22 @@ def run_status(run_dir: Path) -> list[dict[str, Any]]:
             state = "not run"
         rows.append({"stage": s["name"], "state": state, "planned_calls": s.get("calls", 0), "manifest": m or {}})
     return rows
+
+
+def status_cells(manifest: dict[str, Any]) -> list[str]:
+    """rows, rejected, failed, requests, cached, tokens, cost and seconds of a stage's manifest
+    as table cells; a field of the wrong type (a hand-edited manifest) is an empty cell."""
+
+    def num(d: dict[str, Any], key: str) -> float | None:
+        v = d.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def cell(v: float | None, fmt: str | None = None) -> str:
+        return "" if v is None else fmt.format(v) if fmt else str(v)
+
+    u = manifest.get("usage") if isinstance(manifest.get("usage"), dict) else {}
+    tokens = (num(u, "prompt_tokens") or 0) + (num(u, "completion_tokens") or 0)
+    cost = "" if not u else ("?" if num(u, "cost") is None else f"{num(u, 'cost'):.4f}")
+    return [cell(num(manifest, "rows")), cell(num(manifest, "rejects")), cell(num(manifest, "failures")), cell(num(u, "requests")),
+            cell(num(u, "cache_hits")), f"{tokens:,.0f}" if u else "", cost, cell(num(manifest, "seconds"), "{:.1f}")]
+

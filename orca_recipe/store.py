@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, ValidationError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -62,11 +64,63 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_manifest(stage_dir: Path) -> dict | None:
     """A stage's manifest, or None: missing, torn, or not a manifest at all (a FIFO, a 10 GB
-    file, a list) all mean the stage is not complete, and it runs again."""
+    file, a list, a field of the wrong type) all mean the stage is not complete, and it runs
+    again (its requests from the cache)."""
     from orca_recipe.bounded import maybe_json
 
     m = maybe_json(stage_dir / "manifest.json", "run file")
-    return m if isinstance(m, dict) else None
+    if not isinstance(m, dict):
+        return None
+    try:
+        Manifest.model_validate(m)
+        if m.get("kind") == "eval" and m.get("complete"):
+            EvalReport.model_validate(m.get("report"))
+    except ValidationError:
+        return None
+    return m
+
+
+class _Usage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    requests: NonNegativeInt = 0
+    cache_hits: NonNegativeInt = 0
+    prompt_tokens: NonNegativeInt = 0
+    completion_tokens: NonNegativeInt = 0
+    cost: NonNegativeFloat | None = 0.0
+
+
+class Manifest(BaseModel):
+    """The fields of a manifest the product reads back, typed (any others are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    stage: str
+    kind: str
+    fingerprint: str
+    complete: bool
+    rows: NonNegativeInt = 0
+    rejects: NonNegativeInt = 0
+    failures: NonNegativeInt = 0
+    llm_failures: NonNegativeInt = 0
+    seconds: NonNegativeFloat = 0.0
+    usage: _Usage = _Usage()
+    report: dict[str, Any] = {}
+    inputs: dict[str, str] = {}
+    input_data: dict[str, str] = {}
+    files: dict[str, str] = {}
+
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class EvalReport(BaseModel):
+    """What `report` reads of an eval stage's report."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    n: NonNegativeInt
+    correct: NonNegativeInt
+    pass_at_1: Fraction
+    ci95: tuple[Fraction, Fraction]
 
 
 def read_plan_stages(run_dir: Path) -> list[dict[str, Any]]:

@@ -370,7 +370,7 @@ def test_preview_shows_a_few_seeds_and_the_full_run_does_not_pay_for_them_again(
 
 
 RUN_FILES = ["plan.json", "ask_me_anything/manifest.json", "ask_me_anything/stage.json", "seeds/data.jsonl"]
-DAMAGE = ["fifo", "dev_zero", "huge", "wrong_type", "not_utf8"]
+DAMAGE = ["fifo", "dev_zero", "huge", "wrong_type", "not_utf8", "wrong_fields"]
 
 
 def _spoil(path: Path, how: str) -> None:
@@ -384,6 +384,9 @@ def _spoil(path: Path, how: str) -> None:
             f.truncate(300 << 20)
     elif how == "wrong_type":
         path.write_text('[["not", "an", "object"]]\n')
+    elif how == "wrong_fields":  # the right shape, hand-edited: fields of the wrong type
+        path.write_text('{"stage": 1, "kind": "eval", "fingerprint": 7, "complete": true, "rows": "many", "usage": [1], '
+                        '"report": {"n": "x", "ci95": 3}, "stages": [{"name": "../x", "fingerprint": 1}]}\n')
     else:
         path.write_bytes(b'{"stages": "\xff\xfe"}\n')
 
@@ -391,7 +394,7 @@ def _spoil(path: Path, how: str) -> None:
 def test_a_damaged_run_directory_is_one_error_or_a_rerun_and_never_a_hang(tmp_path):
     """Every file of a run directory the product reads back (plan, manifest, stage marker, a
     dataset), replaced by a FIFO, a link to /dev/zero, a 300 MiB file, JSON of the wrong shape
-    or bytes that are not UTF-8: `status`, `report` and `run` finish in bounded time with exit
+    bytes that are not UTF-8, or fields of the wrong type: `status`, `report` and `run` finish in bounded time with exit
     0 or one `error:` line (exit 2), and `run` pays for nothing twice."""
     import shutil
 
