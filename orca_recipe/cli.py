@@ -308,18 +308,10 @@ def clean(
 @app.command()
 def status(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/tiny.")) -> None:
     """Show a run's stages: state, rows, rejects, failures, requests, tokens, cost, time."""
-    from orca_recipe.stage_dirs import run_status, status_cells
+    from orca_recipe.stage_dirs import status_table
 
     narrow = out.width < 120
-    heads = ("stage", "state", "rows", "rej", "fail", "req", "hit", "tokens", "$", "s") if narrow else \
-        ("stage", "state", "rows", "rejected", "failed", "requests", "cached", "tokens", "cost $", "seconds")
-    table = Table(title=str(run_dir), title_justify="left", padding=(0, 0) if narrow else (0, 1))
-    for h in heads:
-        table.add_column(h, no_wrap=h in ("stage", "state"), justify="left" if h in ("stage", "state") else "right")
-    style = {"done": "green", "stale": "yellow", "partial": "red", "not run": "dim"}
-    for r in run_status(run_dir):
-        table.add_row(r["stage"], f"[{style[r['state']]}]{r['state']}[/]", *status_cells(r["manifest"]))
-    out.print(table)
+    out.print(status_table(run_dir, narrow))
     if narrow:
         out.print("[dim]rej: rejected · fail: failed · req: LLM requests · hit: answered from the cache · $: cost · s: seconds[/]")
 

@@ -111,3 +111,18 @@ def status_cells(manifest: dict[str, Any]) -> list[str]:
     return [cell(num(manifest, "rows")), cell(num(manifest, "rejects")), cell(num(manifest, "failures")), cell(num(u, "requests")),
             cell(num(u, "cache_hits")), f"{tokens:,.0f}" if u else "", cost, cell(num(manifest, "seconds"), "{:.1f}")]
 
+
+def status_table(run_dir: Path, narrow: bool) -> Any:
+    """`orca-recipe status`: one row per planned stage, its state coloured (short heads when narrow)."""
+    from rich.table import Table
+
+    heads = ("stage", "state", "rows", "rej", "fail", "req", "hit", "tokens", "$", "s") if narrow else \
+        ("stage", "state", "rows", "rejected", "failed", "requests", "cached", "tokens", "cost $", "seconds")
+    table = Table(title=str(run_dir), title_justify="left", padding=(0, 0) if narrow else (0, 1))
+    for h in heads:
+        table.add_column(h, no_wrap=h in ("stage", "state"), justify="left" if h in ("stage", "state") else "right")
+    style = {"done": "green", "stale": "yellow", "partial": "red", "not run": "dim"}
+    for r in run_status(run_dir):
+        table.add_row(r["stage"], f"[{style[r['state']]}]{r['state']}[/]", *status_cells(r["manifest"]))
+    return table
+
