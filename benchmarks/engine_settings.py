@@ -39,7 +39,52 @@ CONFIGS: dict[str, dict] = {
     "fp32-nobind1": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}},
     "fp32-auto-seqs32": {"dtype": "float32", "env": {}, "engine": {"max_num_seqs": 32}},
     "fp32-auto-nosplitkv": {"dtype": "float32", "env": {"VLLM_CPU_ATTN_SPLIT_KV": "0"}},
+    # beyond eager mode, on the shipped thread setting (nobind, 2 threads)
+    "fp32-nobind2-compiled": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"},
+                              "engine": {"enforce_eager": False}},
+    "fp32-nobind2-prefix": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"},
+                            "engine": {"enable_prefix_caching": True}},
+    "fp32-nobind2-len512": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"},
+                            "engine": {"max_model_len": 512}},
+    "fp32-nobind2-seqs128": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"},
+                             "engine": {"max_num_seqs": 128}},
 }
+
+ROOF = r'''
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+out = {}
+for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < 3.0:
+        a @ b
+        n += 1
+    out[name] = 2 * 1024 ** 3 * n / (time.perf_counter() - t) / 1e9
+print("ROOF " + json.dumps(out))
+'''
+
+
+def roof_gflops(threads: int) -> dict[str, float]:
+    """The matmul roof of this CPU with `threads` threads, measured (1024^3 GEMM in torch, 3 s
+    each for float32 and bfloat16): what a decoding step could reach at best."""
+    proc = subprocess.run([PYTHON, "-c", ROOF, str(threads)], capture_output=True, text=True, timeout=120)
+    for line in proc.stdout.splitlines():
+        if line.startswith("ROOF "):
+            return json.loads(line[5:])
+    return {}
+
+
+def flop_per_token(model: str) -> float:
+    """2 x the parameters a decoded token passes through (every linear layer and the LM head;
+    attention over a short context is left out): 0.27 GFLOP for SmolLM2-135M."""
+    c = json.loads((Path(model) / "config.json").read_text())
+    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    kv = h // c["num_attention_heads"] * c.get("num_key_value_heads", c["num_attention_heads"])
+    per_layer = h * (2 * h + 2 * kv) + 3 * h * inter
+    return 2.0 * (layers * per_layer + h * c["vocab_size"])
 
 CHILD = r'''
 import json, sys, time
@@ -101,12 +146,19 @@ def main() -> None:
     print(f"CPU: {cpu_info().describe()}")
     print(f"machine: {machine()}")
     print(f"work: {args.prompts} prompts x {args.max_tokens} tokens (ignore_eos, greedy), raw vLLM LLM.generate")
+    roof = roof_gflops(os.cpu_count() or 1)
+    flop = flop_per_token(model)
+    print(f"roof (torch GEMM, {os.cpu_count()} threads): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in roof.items())
+          + f"; {flop / 1e9:.3f} GFLOP a token")
     for name in names:
         r = run_config(name, model, texts, args.max_tokens)
         if "error" in r:
             print(f"{name:22s} FAILED: {r['error']}")
         else:
-            print(f"{name:22s} {r['tokens'] / r['seconds']:7.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; start-up {r['startup']:.0f} s)", flush=True)
+            tok_s = r["tokens"] / r["seconds"]
+            dtype = CONFIGS[name]["dtype"]
+            share = f"; {tok_s * flop / 1e9 / roof[dtype]:.0%} of the {dtype} roof" if roof.get(dtype) else ""
+            print(f"{name:22s} {tok_s:7.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; start-up {r['startup']:.0f} s{share})", flush=True)
     note = busy_note()
     if note:
         print(f"busy meanwhile: {note}")
