@@ -282,7 +282,8 @@ def _evaluation(b: _Builder) -> tuple[dict[str, Any], int | None] | None:
                                 key="eval.path", need_gold=True, warnings=b.warnings), evs.limit)
     if not Path(evs.path).exists():
         b.warnings.append(f"eval.path {evs.path} does not exist yet; `run` will need it")
-    return evs.model_dump(exclude={"path"}) | {"data": content_id(evs.path)}, n
+    # `checkpoints` decides which eval stages exist, not what one does: not in their fingerprint
+    return evs.model_dump(exclude={"path", "checkpoints"}) | {"data": content_id(evs.path)}, n
 
 
 def _eval(b: _Builder, evaluation: tuple[dict[str, Any], int | None] | None, model_stage: str | None, label: str) -> None:
