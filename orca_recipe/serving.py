@@ -11,7 +11,7 @@ from typing import Any
 from orca_recipe.content import content_id
 from orca_recipe.errors import UserError
 from orca_recipe.llm.pool import ServerPool, local_timeout
-from orca_recipe.recipe.compile import Plan, StageRun, reply_shape
+from orca_recipe.recipe.compile import Plan, StageRun
 from orca_recipe.stages.base import StageContext
 
 
@@ -52,8 +52,9 @@ class StageServing:
             # its folder: new weights in the same folder are another model.
             identity = f"local:{content_id(folder)}:{self.pool.servers[server_key].dtype}"
             endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
-            endpoints[server_key] = dataclasses.replace(  # our own server: tokens, no bill
-                endpoint, price=(0.0, 0.0), timeout_s=max(m.timeout_s, local_timeout(m.concurrency, *reply_shape(self.plan.recipe, ctx.stage, agent), gpu=not self.pool.on_cpu)))
+            call = ctx.stage.agent_calls[agent]  # what one request asks for: how long a server may take to answer it
+            timeout_s = max(m.timeout_s, local_timeout(m.concurrency, call.samples, call.max_tokens, gpu=not self.pool.on_cpu))
+            endpoints[server_key] = dataclasses.replace(endpoint, price=(0.0, 0.0), timeout_s=timeout_s)  # our own server: tokens, no bill
         ctx.llm = LLM(endpoints, cache, batch_dir=self.run_dir / "batches", budget=budget)
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel

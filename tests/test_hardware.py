@@ -106,17 +106,21 @@ def test_a_local_request_may_take_as_long_as_the_work_in_flight():
     """On a slow CPU a request still being generated is waited for, not abandoned and re-sent:
     its timeout is everything the stage can have in flight at 10 tok/s, plus a minute."""
     from orca_recipe.llm.pool import GPU_FLOOR_TOK_S, LOCAL_FLOOR_TOK_S, LOCAL_TIMEOUT_CAP_S, local_timeout
-    from orca_recipe.recipe.compile import compile_file, reply_shape
+    from orca_recipe.recipe.compile import compile_file
+
+    def reply_shape(plan, stage: str, agent: str) -> tuple[int, int]:
+        call = plan.stage(stage).agent_calls[agent]  # compiled with the stage, not decided at run time
+        return call.samples, call.max_tokens
 
     def timeout(plan, stage: str, agent: str, model: str, gpu: bool = False) -> float:
-        return local_timeout(plan.recipe.models[model].concurrency, *reply_shape(plan.recipe, plan.stage(stage), agent), gpu=gpu)
+        return local_timeout(plan.recipe.models[model].concurrency, *reply_shape(plan, stage, agent), gpu=gpu)
 
     root = Path(__file__).resolve().parents[1]
     plan = compile_file(root / "recipes" / "tiny.yaml")
     r = plan.recipe
-    assert reply_shape(r, plan.stage("practice_2"), "student") == (r.practice.samples_per_problem, r.practice.max_tokens)
-    assert reply_shape(r, plan.stage("eval_base"), "student") == (1, r.eval.max_tokens)
-    assert reply_shape(r, plan.stage("solve"), "solver") == (r.solve.samples, r.models["smol"].sampling.max_tokens)
+    assert reply_shape(plan, "practice_2", "student") == (r.practice.samples_per_problem, r.practice.max_tokens)
+    assert reply_shape(plan, "eval_base", "student") == (1, r.eval.max_tokens)
+    assert reply_shape(plan, "solve", "solver") == (r.solve.samples, r.models["smol"].sampling.max_tokens)
     expected = 60 + r.models["smol"].concurrency * r.practice.samples_per_problem * r.practice.max_tokens / LOCAL_FLOOR_TOK_S
     assert timeout(plan, "practice_2", "student", "smol") == min(LOCAL_TIMEOUT_CAP_S, expected) > r.models["smol"].timeout_s
     assert timeout(plan, "eval_base", "student", "smol") == 60 + r.models["smol"].concurrency * r.eval.max_tokens / LOCAL_FLOOR_TOK_S

@@ -39,6 +39,8 @@ class AgentCall:
     prompt: Prompt | None
     system: str | None
     sampling: dict[str, Any]  # the agent's sampling over its model's
+    samples: int = 1  # completions one request asks for in this stage
+    max_tokens: int = DEFAULT_REPLY_TOKENS  # the longest reply one completion may take here
 
 
 @dataclass(frozen=True)
@@ -133,19 +135,6 @@ def compile_plan(recipe: Recipe, loaded: Loaded, run_dir: str | Path | None = No
     return Plan(recipe=recipe, loaded=loaded, run_dir=run_dir, stages=b.stages, prompts=prompts, seed_rows=seed_rows, warnings=b.warnings)
 
 
-def reply_shape(recipe: Recipe, stage: StageRun, agent: str) -> tuple[int, int]:
-    """(samples a request asks for, max tokens of each) of `agent`'s requests in `stage`:
-    what a request to a local server can take to answer."""
-    max_tokens, n = recipe.sampling_for(agent).max_tokens or DEFAULT_REPLY_TOKENS, 1
-    if stage.kind == "practice" and recipe.practice:
-        max_tokens, n = recipe.practice.max_tokens, recipe.practice.samples_per_problem
-    elif stage.kind == "eval" and recipe.eval:
-        max_tokens = recipe.eval.max_tokens
-    elif stage.kind == "solve":
-        n = recipe.solve.samples
-    return n, max_tokens
-
-
 def compile_file(path: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> Plan:
     recipe, loaded = load_recipe(path, overrides)
     return compile_plan(recipe, loaded, run_dir)
@@ -170,7 +159,7 @@ class _Builder:
         training rows without calling it (the student's, in `config` as its prompt identity)."""
         identity = {"kind": kind, "config": config, "agents": {a: self.agent_identity(a) for a in agents}, "inputs": [self.fp[i] for i in inputs]}
         self.fp[name] = fingerprint_of(portable(identity, self.base))
-        calls = {a: self.agent_call(a) for a in (*agents, *([renders] if renders else []))}
+        calls = {a: self.agent_call(a, kind) for a in (*agents, *([renders] if renders else []))}
         stage = StageRun(name=name, kind=kind, inputs=inputs, config=config, fingerprint=self.fp[name], agents=agents, agent_calls=calls, **kw)
         self.rows[name] = stage.rows
         self.stages.append(stage)
@@ -186,9 +175,20 @@ class _Builder:
             "model": model_identity(self.recipe.models[a.model]),
         }
 
-    def agent_call(self, name: str) -> AgentCall:
-        a: Agent = self.recipe.agents[name]
-        return AgentCall(model=a.model, prompt=self.prompts.get(name), system=a.system, sampling=self.recipe.sampling_for(name).model_dump(exclude_none=True))
+    def agent_call(self, name: str, kind: str) -> AgentCall:
+        """`name` as a stage of `kind` calls it: its requests' shape is the stage's (practice
+        asks for its samples per problem, eval and practice cap replies at their max_tokens)."""
+        r, a = self.recipe, self.recipe.agents[name]
+        sampling = r.sampling_for(name)
+        samples, max_tokens = 1, sampling.max_tokens or DEFAULT_REPLY_TOKENS
+        if kind == "practice" and r.practice:
+            samples, max_tokens = r.practice.samples_per_problem, r.practice.max_tokens
+        elif kind == "eval" and r.eval:
+            max_tokens = r.eval.max_tokens
+        elif kind == "solve":
+            samples = r.solve.samples
+        return AgentCall(model=a.model, prompt=self.prompts.get(name), system=a.system, sampling=sampling.model_dump(exclude_none=True),
+                         samples=samples, max_tokens=max_tokens)
 
     def prompt_identity(self, name: str | None) -> dict[str, Any]:
         """A training stage's student turn: which agent, its template and system prompt."""
