@@ -5,6 +5,7 @@ servers stay up between stages."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class StageServing:
         endpoints = {}
         parallel = 1
         names = {}
+        starts = {}
         for agent in ctx.stage.agents:
             key = recipe.agents[agent].model
             m = recipe.models[key]
@@ -47,15 +49,18 @@ class StageServing:
             else:
                 folder = self.local_folder(m.local)
                 served = m.local.embedded or Path(folder).name
-            api_base = self.pool.api_base(server_key, folder, served, m.local)
+            server = self.pool.server(server_key, folder, served, m.local)
+            api_base = self.pool.running(server_key)
+            if api_base is None:  # started by the first request the cache cannot answer
+                starts[server_key] = functools.partial(self.pool.start, server_key)
             # The cache knows a local model by its weights and the dtype it runs in, not by
             # its folder: new weights in the same folder are another model.
-            identity = f"local:{content_id(folder)}:{self.pool.servers[server_key].dtype}"
-            endpoint = Endpoint.from_recipe(key, m, api_base=api_base, litellm_model=f"hosted_vllm/{served}", identity=identity)
+            identity = f"local:{content_id(folder)}:{server.dtype}"
+            endpoint = Endpoint.from_recipe(key, m, api_base=api_base or "", litellm_model=f"hosted_vllm/{served}", identity=identity)
             call = ctx.stage.agent_calls[agent]  # what one request asks for: how long a server may take to answer it
             timeout_s = max(m.timeout_s, local_timeout(m.concurrency, call.samples, call.max_tokens, gpu=not self.pool.on_cpu))
             endpoints[server_key] = dataclasses.replace(endpoint, price=(0.0, 0.0), timeout_s=timeout_s)  # our own server: tokens, no bill
-        ctx.llm = LLM(endpoints, cache, batch_dir=self.run_dir / "batches", budget=budget)
+        ctx.llm = LLM(endpoints, cache, batch_dir=self.run_dir / "batches", budget=budget, starts=starts)
         ctx.endpoint_for = lambda agent: names[agent]
         ctx.extra["parallel"] = parallel
 

@@ -532,3 +532,69 @@ def test_a_dead_replica_fails_preflight_and_a_dying_one_is_routed_around(tmp_pat
         out = asyncio.run(go())
         assert [c.text for c in out] == [reply_text(f"d{i}", 0, 0) for i in range(10)]
         assert u.failures == 0 and 1 <= u.retries <= 4 and a.ok_requests == 10
+
+
+# ---- a local server starts on the first request the cache cannot answer ------------------------
+def test_a_server_starts_on_the_first_miss_once_and_never_for_a_cached_stage(tmp_path):
+    """What a local vLLM start costs (30-70 s on a CPU) is paid only when a request needs it:
+    a stage the cache answers whole never starts it, and many misses at once start it once."""
+    with FakeOpenAI() as srv:
+        cache = RequestCache(tmp_path / "cache.sqlite")
+        warm = make_llm(tmp_path, srv, cache=cache)
+        asyncio.run(warm.complete("m", msgs("cached"), {"temperature": 0}))
+        asyncio.run(warm.complete_n("m", msgs("cached n"), {"temperature": 0.7}, 3))
+        sent = srv.total_requests
+        starts: list[float] = []
+
+        async def start() -> str:
+            starts.append(time.monotonic())
+            await asyncio.sleep(0.2)  # a start takes a while: the misses arriving meanwhile wait for it
+            return srv.api_base
+
+        def lazy() -> LLM:
+            ep = Endpoint(name="m", litellm_model="hosted_vllm/fake", identity="fake-model", api_base="", timeout_s=2.0, max_retries=3)
+            return LLM({"m": ep}, cache, backoff_base_s=0.01, preflight_timeout_s=1.0, starts={"m": start})
+
+        async def cached_stage(llm: LLM) -> list:
+            await llm.preflight("m")  # nothing to check yet: the start checks the server
+            return [await llm.complete("m", msgs("cached"), {"temperature": 0}),
+                    *(await llm.complete_n("m", msgs("cached n"), {"temperature": 0.7}, 3))]
+
+        got = asyncio.run(cached_stage(lazy()))
+        assert all(c.cached for c in got) and starts == [] and srv.total_requests == sent
+
+        async def missing_stage(llm: LLM) -> list:
+            singles = [llm.complete("m", msgs(f"new {i}"), {"temperature": 0}) for i in range(12)]
+            many = [llm.complete_n("m", msgs(f"new n {i}"), {"temperature": 0.7}, 2) for i in range(4)]
+            return await asyncio.gather(*singles, *many)
+
+        llm = lazy()
+        out = asyncio.run(missing_stage(llm))
+        assert len(starts) == 1 and srv.total_requests == sent + 12 + 4  # one start; each new request sent once
+        assert [c.text for c in out[:12]] == [reply_text(f"new {i}", 0, 0) for i in range(12)]
+        assert llm.endpoints["m"].api_base == srv.api_base
+        asyncio.run(llm.complete("m", msgs("after"), {"temperature": 0}))  # a later loop: already up, no second start
+        assert len(starts) == 1
+        cache.close()
+
+
+def test_a_failed_start_fails_the_stage_once_with_its_message(tmp_path):
+    """A server that cannot start is one UserError for every request waiting on it, not a
+    start per request and not a per-row failure that hides it."""
+    from orca_recipe.llm.local import LocalServerError
+
+    calls = []
+
+    async def start() -> str:
+        calls.append(1)
+        raise LocalServerError("the vLLM server for 'smol' exited with code 1 while starting")
+
+    ep = Endpoint(name="m", litellm_model="hosted_vllm/fake", identity="fake-model", api_base="", timeout_s=2.0)
+    llm = LLM({"m": ep}, RequestCache(tmp_path / "cache.sqlite"), starts={"m": start})
+
+    async def stage() -> list:
+        return await asyncio.gather(*(llm.complete("m", msgs(f"q {i}")) for i in range(8)), return_exceptions=True)
+
+    errors = asyncio.run(stage())
+    assert len(calls) == 1 and all(isinstance(e, LocalServerError) for e in errors)
+    llm.cache.close()

@@ -102,6 +102,8 @@ FAKE_SERVER = textwrap.dedent(
         print("boom: the fake engine failed", flush=True)
         sys.exit(3)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    if os.environ.get("FAKE_MODE") == "slow":  # an engine still loading: no port bound yet
+        import time; time.sleep(60)
     def term(*_):
         child.terminate(); child.wait(); os._exit(0)
     signal.signal(signal.SIGTERM, term)
@@ -170,6 +172,35 @@ def test_fake_server_start_stop(fake_python, tmp_path):
         port = server.port
     wait_gone(pids, port, timeout=5)
     server.stop()  # idempotent
+
+
+def test_an_awaited_start_serves_and_a_cancelled_one_leaves_nothing_running(fake_python, tmp_path):
+    """The door starts a local server on the running loop (on the first request the cache cannot
+    answer); a stage cancelled meanwhile (Ctrl-C, SIGTERM) stops the half-started server."""
+    import asyncio
+
+    server = VLLMServer(tmp_path, served_name="m", log_path=tmp_path / "s.log", python=fake_python, cpu=True)
+    asyncio.run(server.start_async())
+    pids, port = descendants(server.pid), server.port
+    assert len(pids) >= 2 and not port_free(port)
+    server.stop()
+    wait_gone(pids, port, timeout=5)
+
+    slow = VLLMServer(tmp_path, served_name="m", log_path=tmp_path / "slow.log", python=fake_python, cpu=True, env={"FAKE_MODE": "slow"})
+
+    async def cancelled_start() -> set[int]:
+        task = asyncio.ensure_future(slow.start_async())
+        while slow.proc is None or len(descendants(slow.proc.pid)) < 2:
+            await asyncio.sleep(0.1)  # spawned, its engine child running, not ready
+        spawned = descendants(slow.proc.pid)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return spawned
+
+    spawned = asyncio.run(asyncio.wait_for(cancelled_start(), 30))
+    assert slow.proc is None
+    wait_gone(spawned, slow.port, timeout=5)
 
 
 def test_a_gpu_server_runs_with_gpu_settings(tmp_path):

@@ -20,6 +20,16 @@ class Completion:
     cached: bool
     finish_reason: str | None
 
+    def to_cache(self) -> dict:
+        """What the request cache keeps of it (a hit is then free: no cost)."""
+        return {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cost": self.cost}
+
+    @classmethod
+    def from_cache(cls, v: dict) -> "Completion":
+        return cls(text=v.get("text", ""), prompt_tokens=int(v.get("prompt_tokens") or 0),
+                   completion_tokens=int(v.get("completion_tokens") or 0), cost=0.0, cached=True, finish_reason=v.get("finish_reason"))
+
 
 @dataclass
 class Usage:

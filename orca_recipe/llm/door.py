@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from orca_recipe.llm.accounting import Completion, Usage, split_reply
 from orca_recipe.llm.batch import BatchClient, read_key
@@ -57,8 +57,12 @@ class LLM:
 
     def __init__(self, endpoints: Mapping[str, Endpoint], cache: RequestCache, *,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
-                 preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S, batch_dir: Path | None = None, budget: Budget | None = None):
+                 preflight_timeout_s: float = PREFLIGHT_TIMEOUT_S, batch_dir: Path | None = None, budget: Budget | None = None,
+                 starts: Mapping[str, Callable[[], Awaitable[str]]] | None = None):
+        """`starts`: endpoints whose server is not up yet, with what starts it (giving its api_base) on
+        the first request the cache cannot answer: a stage the cache answers never waits for one."""
         self.endpoints = dict(endpoints)
+        self._starts, self._starting = dict(starts or {}), dict[str, asyncio.Task]()
         self.budget = budget  # the run's cost cap: every paid request is reserved against it before it is sent
         self.cache = cache
         self.batch_dir = batch_dir or cache.path.parent / "batches"  # where batch jobs are written, to resume them
@@ -126,6 +130,17 @@ class LLM:
         self._limits.clear()
 
     # ---- endpoints, keys, fatal errors ---------------------------------------------------
+    async def _ready(self, name: str) -> Endpoint:
+        """The endpoint with its server up (started once, however many requests miss at once)."""
+        if name in self._starts:
+            task = self._starting.get(name)
+            if task is None or task.get_loop() is not asyncio.get_running_loop():
+                task = self._starting[name] = asyncio.ensure_future(self._starts[name]())
+            api_base = await asyncio.shield(task)  # a cancelled waiter leaves the start to the others
+            self.endpoints[name] = dataclasses.replace(self.endpoints[name], api_base=api_base)
+            self._starts.pop(name, None)
+        return self.endpoints[name]
+
     def _endpoint(self, name: str) -> Endpoint:
         try:
             return self.endpoints[name]
@@ -182,6 +197,8 @@ class LLM:
         accepted and model served (for endpoints with an api_base, via GET {api_base}/models)."""
         ep = self._endpoint(name)
         self._raise_if_fatal(ep)
+        if name in self._starts:
+            return  # our own server, not started yet: its start checks it
         message = await problem(ep, self.preflight_timeout_s)
         if message:
             raise self._fail_endpoint(ep, message)
@@ -226,7 +243,7 @@ class LLM:
             if usage is not None:
                 usage.failures += 1
             raise
-        out = [dataclasses.replace(self._from_cache(v), cost=v.get("cost"), cached=False) for v in values]
+        out = [dataclasses.replace(Completion.from_cache(v), cost=v.get("cost"), cached=False) for v in values]
         if usage is not None:
             usage.requests += 1
             usage.prompt_tokens += sum(c.prompt_tokens for c in out)
@@ -236,15 +253,20 @@ class LLM:
         return out
 
     @staticmethod
-    def _to_cache(c: Completion) -> dict:
-        return {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "cost": c.cost}
-
-    @staticmethod
-    def _from_cache(v: dict) -> Completion:
-        return Completion(text=v.get("text", ""), prompt_tokens=int(v.get("prompt_tokens") or 0),
-                          completion_tokens=int(v.get("completion_tokens") or 0), cost=0.0, cached=True,
-                          finish_reason=v.get("finish_reason"))
+    async def _same_request_done(lim: Limits, key: str, usage: Usage | None) -> Any:
+        """The result of the same request already on its way (waited for, never paid twice), or
+        None when none is; then the caller claims `key` with no await in between."""
+        while (pending := lim.inflight.get(key)) is not None:
+            await asyncio.wait({pending})  # raises only if *this* task is cancelled
+            if pending.cancelled():
+                continue  # its owner was cancelled: take over
+            err = pending.exception()
+            if err is not None:
+                if usage is not None and isinstance(err, LLMError):
+                    usage.failures += 1
+                raise err
+            return pending.result()
+        return None
 
     # ---- public calls -----------------------------------------------------------------
     async def complete(self, name: str, messages: list[dict], sampling: Mapping[str, Any] | None = None, *,
@@ -258,20 +280,11 @@ class LLM:
         if hit is not None:
             if usage is not None:
                 usage.cache_hits += 1
-            return self._from_cache(hit)
+            return Completion.from_cache(hit)
         self._raise_if_fatal(ep)
+        ep = await self._ready(name)
         lim = await self._limits_for(ep)
-        while (pending := lim.inflight.get(key)) is not None:
-            # The same request is on its way: wait for it rather than pay twice.
-            await asyncio.wait({pending})  # raises only if *this* task is cancelled
-            if pending.cancelled():
-                continue  # its owner was cancelled: take over
-            err = pending.exception()
-            if err is not None:
-                if usage is not None and isinstance(err, LLMError):
-                    usage.failures += 1
-                raise err
-            c = pending.result()
+        if (c := await self._same_request_done(lim, key, usage)) is not None:
             if usage is not None:
                 usage.cache_hits += 1
             return Completion(text=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
@@ -285,7 +298,7 @@ class LLM:
                 c = (await self._paid(ep, [key], messages, req, lambda: self._batched(ep, [key], messages, req, usage)))[0]
             else:
                 c = (await self._paid(ep, [key], messages, req, lambda: self._request(ep, messages, req, usage)))[0]
-                self.cache.put(key, self._to_cache(c))
+                self.cache.put(key, c.to_cache())
             fut.set_result(c)
             return c
         except BaseException as e:
@@ -313,13 +326,14 @@ class LLM:
         results: list[Completion | None] = [None] * n
         for i, k in enumerate(keys):
             if k in found:
-                results[i] = self._from_cache(found[k])
+                results[i] = Completion.from_cache(found[k])
                 if usage is not None:
                     usage.cache_hits += 1
         missing = [i for i in range(n) if results[i] is None]
         if not missing:
             return results  # type: ignore[return-value]
         self._raise_if_fatal(ep)
+        ep = await self._ready(name)
 
         if n > 1 and len(missing) == n and ep.batch and ep.supports_n and ep.provider == "openai":
             req = dict(params)
@@ -342,19 +356,11 @@ class LLM:
         n = len(keys)
         lim = await self._limits_for(ep)
         flight = "n:" + keys[0]
-        while (pending := lim.inflight.get(flight)) is not None:
-            await asyncio.wait({pending})
-            if pending.cancelled():
-                continue
-            err = pending.exception()
-            if err is not None:
-                if usage is not None and isinstance(err, LLMError):
-                    usage.failures += 1
-                raise err
+        if await self._same_request_done(lim, flight, usage) is not None:
             found = self.cache.get_many(keys)
             if usage is not None:
                 usage.cache_hits += sum(k in found for k in keys)
-            return [self._from_cache(found[k]) if k in found else await self.complete(name, messages, params, sample_index=i, usage=usage)
+            return [Completion.from_cache(found[k]) if k in found else await self.complete(name, messages, params, sample_index=i, usage=usage)
                     for i, k in enumerate(keys)]
         # no await between the check above and this claim: one request per key set
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -366,7 +372,7 @@ class LLM:
             got = (await self._paid(ep, keys, messages, req, lambda: self._request(ep, messages, req, usage)))[:n]
             if len(got) < n:
                 self._ignores_n.add(ep.name)  # this server ignores n: separate calls from now on
-            self.cache.put_many((keys[i], self._to_cache(c)) for i, c in enumerate(got))
+            self.cache.put_many((keys[i], c.to_cache()) for i, c in enumerate(got))
             fut.set_result(True)
         except BaseException as e:
             if not fut.done():

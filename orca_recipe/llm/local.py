@@ -15,6 +15,7 @@ stops it on a normal interpreter exit. Only the standard library is used here.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
 import errno
@@ -28,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Iterator, Mapping, Sequence
 
 from orca_recipe.bounded import maybe_json
 from orca_recipe.child import die_with_parent
@@ -168,27 +169,45 @@ class VLLMServer:
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> "VLLMServer":
+        """Start the server and wait until it answers /health."""
+        try:
+            for pause in self._starting():
+                time.sleep(pause)
+        except BaseException:  # Ctrl-C or a failed start: leave nothing running
+            self.stop()
+            raise
+        return self
+
+    async def start_async(self) -> "VLLMServer":
+        """`start()` with its waits awaited, so the loop's other requests go on meanwhile; a
+        cancelled start stops the half-started server. The process is spawned from the calling
+        (main) thread, so PR_SET_PDEATHSIG ties it to the process, not to a worker thread."""
+        try:
+            for pause in self._starting():
+                await asyncio.sleep(pause)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _starting(self) -> Iterator[float]:
+        """The start as steps: each yield is a pause before the next health check."""
         if self.proc is not None and self.proc.poll() is None:
-            return self
+            return
         if not self.model_dir.is_dir():
             raise LocalServerError(f"model folder not found: {self.model_dir}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        try:
-            for attempt in range(3):  # a free port can be taken between probe and bind
-                self._spawn(free_port(self.host))
-                try:
-                    self._wait_ready(t0 + self.startup_timeout)
-                    break
-                except LocalServerError:
-                    if attempt < 2 and "address already in use" in self._tail(50).lower():
-                        continue
-                    raise
-        except BaseException:  # Ctrl-C or a failed start: leave nothing running
-            self.stop()
-            raise
+        for attempt in range(3):  # a free port can be taken between probe and bind
+            self._spawn(free_port(self.host))
+            try:
+                yield from self._until_ready(t0 + self.startup_timeout)
+                break
+            except LocalServerError:
+                if attempt < 2 and "address already in use" in self._tail(50).lower():
+                    continue
+                raise
         self.startup_seconds = time.monotonic() - t0
-        return self
 
     def _spawn(self, port: int) -> None:
         self._close_log()
@@ -213,7 +232,7 @@ class VLLMServer:
         self.port = port
         atexit.register(self.stop)
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _until_ready(self, deadline: float) -> Iterator[float]:
         assert self.proc is not None
         health = f"{self.url}/health"
         while True:
@@ -225,7 +244,7 @@ class VLLMServer:
                     f"while starting (log: {self.log_path}); last lines:\n{self._tail(20)}"
                 )
             try:
-                with _NO_PROXY.open(health, timeout=2) as resp:
+                with _NO_PROXY.open(health, timeout=2) as resp:  # refused at once until the port is bound
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -237,7 +256,7 @@ class VLLMServer:
                     f"{self.startup_timeout:.0f} s (log: {self.log_path}); last lines:\n"
                     f"{self._tail(20)}"
                 )
-            time.sleep(0.5)
+            yield 0.5
 
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM the server's process group, SIGKILL it after `timeout` s. Idempotent."""

@@ -1,5 +1,6 @@
-"""Our own vLLM servers for a run's `local:` models: started on first use, one per model
-folder, with the flags the recipe asks for, and the timeout a request to them may take."""
+"""Our own vLLM servers for a run's `local:` models: started on the first request the cache
+cannot answer, one per model folder, with the flags the recipe asks for, and the timeout a
+request to them may take."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ LOCAL_TIMEOUT_CAP_S = 2 * 3600.0  # no reply from our own server is worth waitin
 
 
 class ServerPool:
-    """vLLM servers for `local:` models, started on first use and reused until the run ends."""
+    """vLLM servers for `local:` models, started on first use and reused while stages need them."""
 
     def __init__(self, run_dir: Path, console: Console):
         self.run_dir = run_dir
@@ -34,20 +35,32 @@ class ServerPool:
             self._on_cpu = is_vllm_cpu(sys.executable)
         return self._on_cpu
 
-    def api_base(self, key: str, folder: Path, served_name: str, local: Any) -> str:
+    def server(self, key: str, folder: Path, served_name: str, local: Any) -> Any:
+        """The server for `key`, made on first call but not started: what it will run (its
+        dtype) is known before it runs, so a stage the cache answers never starts it."""
         if key not in self.servers:
             from orca_recipe.llm.local import VLLMServer
 
             log = self.run_dir / "logs" / f"vllm-{key}.log"
-            self.console.print(f"[dim]starting vLLM for {served_name} ({folder}); log: {log}[/]")
-            t = time.monotonic()
             env = {} if self.on_cpu else {"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.assign_gpus(key, local.gpus)))}
-            server = VLLMServer(folder, served_name=served_name, log_path=log, extra_args=self.template_args(key, local) + local_args(local),
-                                dtype=local.dtype, max_model_len=local.max_model_len, env=env, startup_timeout=local.startup_timeout_s)
-            self.servers[key] = server  # registered first, so a failed start is still stopped
-            server.start()
-            self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s (dtype {server.dtype})[/]")
-        return self.servers[key].api_base
+            self.servers[key] = VLLMServer(  # registered before it starts, so a failed start is still stopped
+                folder, served_name=served_name, log_path=log, extra_args=self.template_args(key, local) + local_args(local),
+                dtype=local.dtype, max_model_len=local.max_model_len, env=env, startup_timeout=local.startup_timeout_s, cpu=self.on_cpu)
+        return self.servers[key]
+
+    def running(self, key: str) -> str | None:
+        """The api_base of `key`'s server if it is up, else None."""
+        server = self.servers.get(key)
+        return server.api_base if server is not None and server.proc is not None and server.proc.poll() is None else None
+
+    async def start(self, key: str) -> str:
+        """Start `key`'s server (made by `server()`) on the running loop; its api_base."""
+        server = self.servers[key]
+        self.console.print(f"[dim]starting vLLM for {server.served_name} ({server.model_dir}); log: {server.log_path}[/]")
+        t = time.monotonic()
+        await server.start_async()
+        self.console.print(f"[dim]vLLM ready at {server.api_base} in {time.monotonic() - t:.0f} s (dtype {server.dtype})[/]")
+        return server.api_base
 
     def assign_gpus(self, key: str, n: int, visible: list[int] | None = None) -> list[int]:
         """The `n` lowest GPU ids no running server of this pool holds, so a local teacher and a
