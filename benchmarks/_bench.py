@@ -1,17 +1,20 @@
-"""Shared helpers for the benchmarks: the machine line, the loopback endpoint, recipes.
+"""Shared helpers for the benchmarks: the machine line, the loopback endpoints, recipes.
 
-Not a benchmark itself. The loopback endpoint is tests/fake_openai.py's `FakeOpenAI` (a
-ThreadingHTTPServer) with `responder=pipeline_reply`, so every orca-recipe role can parse
-its replies; it runs in the benchmark's process, orca-recipe in its own (the CLI).
+Not a benchmark itself. Two loopback endpoints: tests/fake_openai.py's `FakeOpenAI` (a
+ThreadingHTTPServer in the benchmark's own process) with `responder=pipeline_reply`, so every
+orca-recipe role can parse its replies; and `HostedEndpoint`, benchmarks/hosted_api_endpoint.py
+run as a process of its own (asyncio, heavy-tailed latency, 429s), read through its /stats.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +22,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import FakeOpenAI, fake_recipe, pipeline_reply  # noqa: E402
 
-__all__ = ["ENV", "PYTHON", "REPO", "EndpointWatch", "FakeOpenAI", "busy_note", "gen_recipe", "machine",
+__all__ = ["ENV", "PYTHON", "REPO", "EndpointWatch", "FakeOpenAI", "HostedEndpoint", "busy_note", "gen_recipe", "machine",
            "pipeline_reply", "run_cli"]
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True", COLUMNS="200", NO_COLOR="1")
@@ -131,6 +134,58 @@ class EndpointWatch:
         while xs and xs[-1] == 0:
             xs.pop()
         return sum(xs) / len(xs) if xs else 0.0
+
+
+class HostedEndpoint:
+    """benchmarks/hosted_api_endpoint.py as a child process: the clients under test share no
+    process (GIL, event loop) with it. `args` are its command-line options (e.g. "--seed", "0");
+    it picks a free port and says which on its first line of stdout."""
+
+    SCRIPT = Path(__file__).resolve().parent / "hosted_api_endpoint.py"
+
+    def __init__(self, *args: str):
+        self.args = [str(a) for a in args]
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    def __enter__(self) -> "HostedEndpoint":
+        self.proc = subprocess.Popen([PYTHON, str(self.SCRIPT), "--port", "0", *self.args], stdout=subprocess.PIPE,
+                                     text=True, env=ENV)
+        line = self.proc.stdout.readline()  # "listening on PORT", or "" if it died
+        if not line.startswith("listening on "):
+            self.proc.kill()
+            raise RuntimeError(f"{self.SCRIPT.name} did not start (exit {self.proc.wait()}): {line!r}")
+        self.port = int(line.split()[-1])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _call(self, path: str, method: str = "GET"):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def stats(self) -> dict:
+        """Counters since the last reset: ok, rate_limited, probes, window, mean_in_flight, cpu_s ..."""
+        return self._call("/stats")
+
+    def prompts(self) -> list[str]:
+        """The prompt of every good answer since the last reset, in order (repeats kept)."""
+        return self._call("/prompts")
+
+    def reset(self) -> None:
+        self._call("/reset", "POST")
 
 
 def gen_recipe(path: Path, api_base: str, *, seeds: int, concurrency: int, evolve: int | None = None,

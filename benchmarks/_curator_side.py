@@ -1,15 +1,18 @@
 """The curator half of benchmarks/vs_distilabel.py; runs inside .cache/bench-curator-venv.
 
-    python _curator_side.py PROMPTS.json API_BASE CONCURRENCY MAX_TOKENS CACHE_DIR
+    python _curator_side.py PROMPTS.json API_BASE SETTINGS_JSON CACHE_DIR
 
 bespokelabs-curator as its README shows for an OpenAI-compatible server: `curator.LLM(...,
 backend="openai", backend_params={"base_url": ..., "api_key": ...})` (its own aiohttp client;
 the README points OpenAI-compatible APIs there, and `litellm` is the fallback for other
-providers). Concurrency is curator's `max_concurrent_requests` = C. Its rate limiter is a
-token bucket that starts with one request of capacity and refills at rpm/60 per second; with
-no rate-limit headers from the endpoint it would fall back to 200 requests and 100k tokens a
-minute (and it reserves 4,096 output tokens per request for a model litellm does not know),
-so both limits are set far above anything reachable: C alone bounds it. Its cache lives in
+providers). SETTINGS_JSON holds `generation_params` and the `backend_params` that
+benchmarks/vs_distilabel.py chose (and prints), applied here verbatim (plus base_url, api_key):
+`max_concurrent_requests` = C; `max_requests_per_minute` / `max_tokens_per_minute` far above
+reach (its rate limiter is a token bucket; with no rate-limit headers from the endpoint it
+falls back to 200 requests and 100k tokens a minute, and it reserves 4,096 output tokens per
+request for a model litellm does not know), so C alone bounds it; `max_retries`,
+`request_timeout`; `seconds_to_pause_on_rate_limit` (after a 429 curator sends nothing new for
+that long). Its cache lives in
 CURATOR_CACHE_DIR; the caller passes a fresh, empty CACHE_DIR each round so no round reads
 responses an earlier one stored.
 
@@ -33,8 +36,6 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-HUGE = 10**12  # requests / tokens a minute: never the binding limit
-
 
 def offline_env(cache_dir: str) -> None:
     """Before curator is imported: no network but the endpoint, no cache from another round."""
@@ -47,9 +48,9 @@ def offline_env(cache_dir: str) -> None:
 
 
 def main() -> None:
-    prompts_path, api_base, concurrency, max_tokens, cache_dir = sys.argv[1:6]
+    prompts_path, api_base, settings, cache_dir = sys.argv[1:5]
     prompts = json.loads(open(prompts_path).read())
-    C = int(concurrency)
+    s = json.loads(settings)
     offline_env(cache_dir)
 
     from bespokelabs import curator
@@ -57,10 +58,8 @@ def main() -> None:
     llm = curator.LLM(
         model_name="fake",
         backend="openai",
-        generation_params={"temperature": 0.0, "max_tokens": int(max_tokens)},
-        backend_params={"base_url": api_base, "api_key": "EMPTY", "max_concurrent_requests": C,
-                        "max_requests_per_minute": HUGE, "max_tokens_per_minute": HUGE,
-                        "max_retries": 3, "request_timeout": 120, "require_all_responses": False},
+        generation_params=s["generation_params"],
+        backend_params={"base_url": api_base, "api_key": "EMPTY", **s["backend_params"]},
     )
 
     t = time.perf_counter()

@@ -144,7 +144,7 @@ def run_level(client: Client, questions: list[str], conc: int) -> dict:
         "wall_s": wall,
         "output_tok_s": sum(toks) / wall if wall > 0 else 0.0,
         "mean_latency_s": statistics.mean(lats) if lats else 0.0,
-        "per_stream_tok_s": statistics.mean(t / l for t, l in zip(toks, lats) if l > 0)
+        "per_stream_tok_s": statistics.mean(t / lat for t, lat in zip(toks, lats) if lat > 0)
         if lats else 0.0,
     }
 

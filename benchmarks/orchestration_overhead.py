@@ -121,7 +121,8 @@ def main() -> None:
             print(f"  run {i + 1}: N={r['requests']} requests ({r['cache_hits']} more answered from cache), max in flight "
                   f"{r['max_in_flight']}; evolve {r['per_stage']['evolve']:.2f} s + solve {r['per_stage']['solve']:.2f} s "
                   f"= {r['stage_seconds']:.2f} s vs ideal {r['ideal']:.2f} s -> {r['ratio']:.3f}x "
-                  f"(endpoint's first request to last answer {r['window']:.2f} s -> {r['window_ratio']:.3f}x); mean in flight {r['mean_in_flight']:.1f}; CLI wall {r['cli_wall']:.1f} s, CLI CPU {r['cli_cpu']:.1f} s, "
+                  f"(endpoint's first request to last answer {r['window']:.2f} s -> {r['window_ratio']:.3f}x); "
+                  f"mean in flight {r['mean_in_flight']:.1f}; CLI wall {r['cli_wall']:.1f} s, CLI CPU {r['cli_cpu']:.1f} s, "
                   f"endpoint CPU {r['server_cpu']:.1f} s")
         if args.profile:
             prof = str(WORK / "cli.prof")

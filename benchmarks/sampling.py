@@ -77,8 +77,8 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
     from orca_recipe.llm.cache import RequestCache
     from orca_recipe.llm.door import LLM, Endpoint, Usage
     from orca_recipe.llm.local import VLLMServer
-    from orca_recipe.recipe.compile import compile_file
     from orca_recipe.llm.pool import local_args, local_timeout
+    from orca_recipe.recipe.compile import compile_file
     from orca_recipe.stages import practice
     from orca_recipe.stages.base import StageContext
 
@@ -118,7 +118,8 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
         server.stop()
     assert not result.failures, result.failures[:3]
     return {"seconds": seconds, "output_tokens": usage.completion_tokens, "sequences": len(result.rows), "requests": usage.requests, "retries": usage.retries,
-            "startup": startup, "dtype": server.dtype, "kv_bytes": server.kv_cache_bytes, "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run seeds it
+            "startup": startup, "dtype": server.dtype, "kv_bytes": server.kv_cache_bytes, "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run
+            # seeds it
             "prompts": [ctx.messages(stage.agents[0], problem=p["question"])[-1]["content"] for p in problems]}
 
 
