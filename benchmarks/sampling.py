@@ -117,9 +117,9 @@ def orca_side(model_dir: Path, problems: list[dict], args) -> dict:
     finally:
         server.stop()
     assert not result.failures, result.failures[:3]
+    seed = plan.recipe.practice.seed + 1000 * (stage.iteration or 0)  # as practice.run seeds it
     return {"seconds": seconds, "output_tokens": usage.completion_tokens, "sequences": len(result.rows), "requests": usage.requests, "retries": usage.retries,
-            "startup": startup, "dtype": server.dtype, "kv_bytes": server.kv_cache_bytes, "seed": plan.recipe.practice.seed + 1000 * (stage.iteration or 0),  # as practice.run
-            # seeds it
+            "startup": startup, "dtype": server.dtype, "kv_bytes": server.kv_cache_bytes, "seed": seed,
             "prompts": [ctx.messages(stage.agents[0], problem=p["question"])[-1]["content"] for p in problems]}
 
 
