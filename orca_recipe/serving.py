@@ -65,16 +65,10 @@ class StageServing:
         ctx.extra["parallel"] = parallel
 
 
-    def checkpoint_stage(self, stage: StageRun, agent: str) -> str | None:
-        """The training stage whose model this agent runs on here (practice/eval of the student)."""
-        tr = self.plan.recipe.training
-        if tr is None or self.plan.recipe.agents[agent].model != tr.student:
-            return None
-        if stage.kind == "practice":
-            return stage.inputs[1]
-        if stage.kind == "eval":
-            return stage.config.get("model_from")
-        return None
+    @staticmethod
+    def checkpoint_stage(stage: StageRun, agent: str) -> str | None:
+        """The training stage whose model this agent runs on here (compiled: practice and eval of the student)."""
+        return stage.agent_calls[agent].checkpoint
 
     def server_key(self, stage: StageRun, agent: str) -> str | None:
         """Which local server an agent needs in a stage (None for hosted models)."""

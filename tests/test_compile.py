@@ -131,3 +131,17 @@ print("HEAVY", heavy)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_which_checkpoint_serves_an_agent_is_compiled_into_its_call():
+    """The student's practice and eval run on the model the stage before them trained; every
+    other call runs on its model as the recipe names it. Decided by the compiler, not at run time."""
+    from pathlib import Path
+
+    from orca_recipe.recipe.compile import compile_file
+
+    plan = compile_file(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml")
+    served = {(s.name, a): c.checkpoint for s in plan.stages for a, c in s.agent_calls.items()}
+    assert served[("eval_base", "student")] is None and served[("eval_sft", "student")] == "sft"
+    assert served[("practice_2", "student")] == "sft" and served[("eval_2", "student")] == "train_2"
+    assert {a for (s, a), c in served.items() if c} == {"student"}  # the teacher's roles run on the base model

@@ -41,6 +41,7 @@ class AgentCall:
     sampling: dict[str, Any]  # the agent's sampling over its model's
     samples: int = 1  # completions one request asks for in this stage
     max_tokens: int = DEFAULT_REPLY_TOKENS  # the longest reply one completion may take here
+    checkpoint: str | None = None  # the training stage whose model serves this agent here (the student's practice and eval)
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,13 @@ class _Builder:
         self.warnings: list[str] = []
 
     def add(self, name: str, kind: str, inputs: tuple[str, ...], config: dict[str, Any], agents: tuple[str, ...] = (),
-            renders: str | None = None, **kw: Any) -> StageRun:
+            renders: str | None = None, served_by: str | None = None, **kw: Any) -> StageRun:
         """`agents`: the agents the stage calls; `renders`: one whose turns it writes into
-        training rows without calling it (the student's, in `config` as its prompt identity)."""
+        training rows without calling it (the student's, in `config` as its prompt identity);
+        `served_by`: the training stage whose model the student's agents run on here."""
         identity = {"kind": kind, "config": config, "agents": {a: self.agent_identity(a) for a in agents}, "inputs": [self.fp[i] for i in inputs]}
         self.fp[name] = fingerprint_of(portable(identity, self.base))
-        calls = {a: self.agent_call(a, kind) for a in (*agents, *([renders] if renders else []))}
+        calls = {a: self.agent_call(a, kind, served_by) for a in (*agents, *([renders] if renders else []))}
         stage = StageRun(name=name, kind=kind, inputs=inputs, config=config, fingerprint=self.fp[name], agents=agents, agent_calls=calls, **kw)
         self.rows[name] = stage.rows
         self.stages.append(stage)
@@ -175,10 +177,12 @@ class _Builder:
             "model": model_identity(self.recipe.models[a.model]),
         }
 
-    def agent_call(self, name: str, kind: str) -> AgentCall:
+    def agent_call(self, name: str, kind: str, served_by: str | None) -> AgentCall:
         """`name` as a stage of `kind` calls it: its requests' shape is the stage's (practice
-        asks for its samples per problem, eval and practice cap replies at their max_tokens)."""
+        asks for its samples per problem, eval and practice cap replies at their max_tokens),
+        and a student agent runs on the checkpoint `served_by` trained."""
         r, a = self.recipe, self.recipe.agents[name]
+        student = r.training is not None and a.model == r.training.student
         sampling = r.sampling_for(name)
         samples, max_tokens = 1, sampling.max_tokens or DEFAULT_REPLY_TOKENS
         if kind == "practice" and r.practice:
@@ -188,7 +192,7 @@ class _Builder:
         elif kind == "solve":
             samples = r.solve.samples
         return AgentCall(model=a.model, prompt=self.prompts.get(name), system=a.system, sampling=sampling.model_dump(exclude_none=True),
-                         samples=samples, max_tokens=max_tokens)
+                         samples=samples, max_tokens=max_tokens, checkpoint=served_by if student else None)
 
     def prompt_identity(self, name: str | None) -> dict[str, Any]:
         """A training stage's student turn: which agent, its template and system prompt."""
@@ -291,7 +295,7 @@ def _eval(b: _Builder, evaluation: tuple[dict[str, Any], int | None] | None, mod
         return
     cfg, n = evaluation
     b.add(f"eval_{label}", "eval", (model_stage,) if model_stage else (), cfg | {"model_from": model_stage}, (b.recipe.eval.agent,),  # type: ignore[union-attr]
-          calls=n or 0, rows=n, section=b.recipe.eval)
+          served_by=model_stage, calls=n or 0, rows=n, section=b.recipe.eval)
 
 
 # --------------------------------------------------------------------------- training
@@ -332,7 +336,7 @@ def _iteration(b: _Builder, it: int, model_stage: str, n_problems: int | None) -
     assert tr is not None and pr is not None
     samples = None if n_problems is None else n_problems * pr.samples_per_problem
     b.add(f"practice_{it}", "practice", ("filter", model_stage), pr.model_dump() | {"iteration": it}, (pr.agent,),
-          iteration=it, calls=samples or 0, rows=samples, section=pr)
+          served_by=model_stage, iteration=it, calls=samples or 0, rows=samples, section=pr)
     b.add(f"judge_{it}", "judge", (f"practice_{it}", "filter"), judge.model_dump(), (judge.agent,) if judge.agent and judge.mode != "exact" else (),
           iteration=it, calls=0 if judge.mode == "exact" else (samples or 0), calls_bound=judge.mode == "exact_then_llm", rows=samples, section=judge)
     # the fields the chosen kind reads: DPO pairs every group with a wrong sample, so it never reads drop_all_correct, and
