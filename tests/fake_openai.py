@@ -52,6 +52,7 @@ from typing import Any, Iterable
 
 FAULTS = ("429", "500", "503", "reset", "hang", "truncated", "nonjson", "empty", "400", "401", "404")
 SLOW_FAULTS = ("trickle",)
+HOSTILE_FAULTS = ("huge", "gzip_bomb", "redirect")  # replies no client should swallow (see _hostile)
 ODD_FAULTS = ("null_content", "no_message", "length")  # 200 and JSON, but not a usable completion  # not in FAULTS: a random suite would spend a timeout on each
 
 
@@ -146,8 +147,8 @@ class FakeOpenAI:
         responder=reply_text,
     ):
         for f in [fault, *(faults or [])]:
-            if f is not None and f not in FAULTS + SLOW_FAULTS + ODD_FAULTS:
-                raise ValueError(f"unknown fault {f!r}; one of {FAULTS + SLOW_FAULTS + ODD_FAULTS}")
+            if f is not None and f not in FAULTS + SLOW_FAULTS + ODD_FAULTS + HOSTILE_FAULTS:
+                raise ValueError(f"unknown fault {f!r}; one of {FAULTS + SLOW_FAULTS + ODD_FAULTS + HOSTILE_FAULTS}")
         self.fault = fault
         self.fail_first = fail_first
         self.fault_rate = fault_rate
@@ -397,6 +398,41 @@ class _Handler(BaseHTTPRequestHandler):
                 st.undelivered_by_prompt_seed[(prompt, seed)] += 1
             self.close_connection = True
 
+    def _hostile(self, st: FakeOpenAI, fault: str, model) -> None:
+        """Replies no client should swallow: a body without end (streamed, no length), a small
+        gzip body that inflates to 64 MiB, a redirect to another host."""
+        try:
+            if fault == "redirect":
+                self.send_response(307)
+                self.send_header("Location", "http://127.0.0.1:9/v1/chat/completions")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            if fault == "gzip_bomb":
+                import zlib
+                packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing, built a MiB at a time
+                body = packer.compress(b"{") + b"".join(packer.compress(b" " * 2**20) for _ in range(64)) + packer.compress(b"}") + packer.flush()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return None
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()  # no length: the body ends when the connection does
+            self.wfile.write(b'{"choices": [{"message": {"content": "')
+            chunk = b"x" * (1 << 20)
+            for _ in range(1024):  # 1 GiB unless the client stops reading
+                if st._stop_hang.is_set():
+                    break
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+        return None
+
     def _fault(self, st: FakeOpenAI, fault: str, model) -> None:
         if fault == "429":
             headers = {} if st.retry_after is None else {"Retry-After": str(st.retry_after)}
@@ -417,6 +453,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "hang":
             st._stop_hang.wait(st.hang_s)
             return self._reset()
+        if fault in HOSTILE_FAULTS:
+            return self._hostile(st, fault, model)
         if fault in ODD_FAULTS:
             choice = {"null_content": {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"},
                       "no_message": {"index": 0, "finish_reason": "stop"},

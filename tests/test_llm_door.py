@@ -598,3 +598,27 @@ def test_a_failed_start_fails_the_stage_once_with_its_message(tmp_path):
     errors = asyncio.run(stage())
     assert len(calls) == 1 and all(isinstance(e, LocalServerError) for e in errors)
     llm.cache.close()
+
+
+@pytest.mark.parametrize("fault", ["huge", "gzip_bomb", "redirect"])
+def test_a_reply_no_client_should_swallow_fails_that_request_once_in_bounded_memory(tmp_path, fault):
+    """A body without end, a gzip body inflating to 64 MiB, a redirect elsewhere: one failed
+    request each (not retried: the same request gets the same reply), a reason that says what
+    came back, nothing cached, and the client's memory bounded by MAX_REPLY_BYTES, not by the server."""
+    import resource
+
+    from orca_recipe.llm.transport import MAX_REPLY_BYTES
+
+    with FakeOpenAI(fault=fault, fail_first=10**6) as srv:
+        llm = make_llm(tmp_path, srv, timeout_s=60.0)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        usage = Usage()
+        with pytest.raises(LLMError) as info:
+            asyncio.run(llm.complete("m", msgs("2+2?"), {"temperature": 0}, usage=usage))
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        reason = str(info.value)
+        assert ("redirect" in reason and "api_base" in reason) if fault == "redirect" else "MiB" in reason
+        assert srv.total_requests == 1 and usage.failures == 1 and usage.requests == 0
+        assert grown < 4 * MAX_REPLY_BYTES  # the 1 GiB stream was never held
+        assert llm.cache.get(llm.cache.key("fake-model", msgs("2+2?"), {"temperature": 0}, 0)) is None
+        llm.cache.close()

@@ -30,13 +30,14 @@ from orca_recipe.llm.batch_jobs import Job, Pending, job_results
 from orca_recipe.llm.cache import RequestCache
 from orca_recipe.llm.endpoint import Endpoint
 from orca_recipe.llm.errors import AUTH, FAIL, NOTFOUND, QUOTA, RETRY, Failure, LLMError, http_failure
-from orca_recipe.llm.transport import Reply, read_choices, token_count
+from orca_recipe.llm.transport import MAX_REPLY_BYTES, Reply, bounded_body, read_choices, token_count
 
 SETTLE_S = 0.5             # a queue that got nothing new for this long is sent
 MAX_REQUESTS = 50_000      # OpenAI's limit per batch (Anthropic's is 100,000)
 DEADLINE_S = 25 * 3600     # the 24 h completion window and an hour's grace: a poll never waits forever
 API_TRIES = 5              # tries for each call to the files / batches API itself
 DOWNLOAD_TIMEOUT_S = 900   # a results file of 50,000 replies is hundreds of MB: its own deadline, not a request's
+MAX_RESULTS_BYTES = 2**30  # ... and its size at most: 50,000 replies of ~20 KB
 DEFAULT_BASE = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
@@ -331,7 +332,8 @@ class BatchClient:
             timeout = aiohttp.ClientTimeout(total=max(DOWNLOAD_TIMEOUT_S, self.ep.timeout_s)) if raw else None
             try:
                 async with self.session.request(method, url, json=json_body, data=data, headers=self._headers(), timeout=timeout) as r:
-                    body = await r.text()
+                    limit = MAX_RESULTS_BYTES if raw else MAX_REPLY_BYTES
+                    body = (await bounded_body(r, limit, "a batch results file" if raw else "an API answer")).decode("utf-8", "replace")
                     if r.status == 200:
                         if raw:
                             return body

@@ -25,6 +25,7 @@ from orca_recipe.llm.endpoint import Endpoint
 from orca_recipe.llm.errors import AUTH, CONFIG, FAIL, NOTFOUND, QUOTA, RETRY, Failure, http_failure, kind_of_status, retry_after, server_words
 
 REPLICA_REST_S = 5.0  # a replica that refused a connection gets no requests for this long (if others are up)
+MAX_REPLY_BYTES = 32 * 2**20  # one reply's body, decompressed: ~100x the longest completion a request can ask for
 
 
 @dataclass
@@ -103,10 +104,10 @@ class OpenAICompatible:
         i = self.pick()
         self.in_flight[i] += 1
         try:
-            async with self.session.post(self.urls[i], data=body, headers=headers) as resp:
-                status = resp.status
-                raw = await resp.read()
-                hdrs = resp.headers
+            # A redirect is not an answer (and would carry the key elsewhere): it fails as its status.
+            async with self.session.post(self.urls[i], data=body, headers=headers, allow_redirects=False) as resp:
+                status, hdrs = resp.status, resp.headers
+                raw = await bounded_body(resp)
         except asyncio.TimeoutError:
             raise Failure(RETRY, f"no complete reply within timeout_s={self.ep.timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as e:
@@ -119,9 +120,10 @@ class OpenAICompatible:
             raise Failure(RETRY, f"{type(e).__name__}: {str(e)[:160]}") from None
         finally:
             self.in_flight[i] -= 1
+        if 300 <= status < 400:
+            raise Failure(FAIL, f"HTTP {status}: a redirect to {str(hdrs.get('Location'))[:200]!r} is not an answer; point api_base there")
         if status != 200:
-            text = raw[:4096].decode("utf-8", "replace")
-            raise http_failure(status, text, hdrs)
+            raise http_failure(status, raw[:4096].decode("utf-8", "replace"), hdrs)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -134,6 +136,18 @@ class OpenAICompatible:
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+async def bounded_body(resp: Any, limit: int = MAX_REPLY_BYTES, what: str = "a completion") -> bytes:
+    """The reply's body as it arrives (decompressed), refused past `limit` bytes: a server that
+    streams without end, or a compressed bomb, costs one failed request, not the memory."""
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise Failure(FAIL, f"the reply is over {limit // 2**20} MiB: not {what}")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------------------------
