@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.axolotl]
 SMALL = [
     "seeds.limit=6", "ask_me_anything.limit=3", "evolve.limit=2", "evolve.rounds=1", "practice.problems=4",
     "practice.samples_per_problem=2", "eval.limit=12", "training.sft.axolotl.max_steps=4", "training.preference.axolotl.max_steps=4",
-    "training.checkpoint_every_steps=2",
+    "training.checkpoint_every_steps=2", "eval.max_tokens=160",
     # the pipeline, not the learning, is under test: 2 sequences a step instead of 8 (SFT) and 4 (DPO)
     "training.sft.axolotl.micro_batch_size=2", "training.sft.axolotl.gradient_accumulation_steps=1", "training.preference.axolotl.micro_batch_size=2",
 ]
