@@ -199,10 +199,11 @@ def endpoint_result(tool: str, ep: HostedEndpoint, cpu0: float, own: float, wall
 def run_orca(ep: HostedEndpoint, recipe: Path, n: int, i: int) -> dict:
     """One timed orca-recipe run (the real CLI, solve stage only) in a fresh run folder."""
     run_dir = WORK / f"orca{i}"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    for old in WORK.glob("orca*"):  # an earlier round's finished stage would be reused, not re-run
+        shutil.rmtree(old, ignore_errors=True)
     ep.reset()
     cpu0 = ep.stats()["cpu_s"]
-    proc, wall = run_cli("run", recipe, "--run-dir", run_dir, "--until", "solve", timeout=1800)
+    proc, wall = run_cli("run", recipe, "--run-dir", run_dir, "--cache", run_dir / "requests.sqlite", "--until", "solve", timeout=1800)
     if proc.returncode != 0:
         sys.exit(f"orca-recipe failed:\n{proc.stderr[-3000:]}")
     m = json.loads((run_dir / "solve" / "manifest.json").read_text())
