@@ -157,6 +157,7 @@ class FakeOpenAI:
         self.hang_s = hang_s
         self.trickle_s = trickle_s
         self.down_until = 0.0
+        self.resets_left: int | None = None  # an outage also ends after this many resets
         self.always_fail: str | None = None  # a request whose last user message contains this always gets 500
         self.latency = latency
         self.ignore_n = ignore_n
@@ -250,15 +251,22 @@ class FakeOpenAI:
             self.bodies.clear()
 
     # ---- decisions (called from handler threads) -----------------------------------------
-    def outage(self, seconds: float) -> None:
-        """From now on, for `seconds`, every connection is reset: the server is down."""
+    def outage(self, seconds: float, resets: int | None = None) -> None:
+        """From now on, for `seconds`, every connection is reset: the server is down. With
+        `resets`, the outage also ends after that many resets, so that on a machine fast enough
+        to finish the whole run inside `seconds` it still ends mid-run."""
         with self._lock:
             self.down_until = time.monotonic() + seconds
+            self.resets_left = resets
 
     def _pick_fault(self, body_key: str, prompt: str = "") -> str | None:
         with self._lock:
             self.attempts_by_body[body_key] += 1
             if time.monotonic() < self.down_until:
+                if self.resets_left is not None:
+                    self.resets_left -= 1
+                    if self.resets_left <= 0:
+                        self.down_until = 0.0
                 return "reset"
             if self.always_fail and self.always_fail in prompt:
                 return "500"

@@ -214,7 +214,8 @@ SICK = ["trickle", "429", "null_content", "no_message", "length", "500"]
 def test_a_sick_endpoint_run_ends_by_itself_and_a_healthy_rerun_completes_it(tmp_path):
     """Replies that trickle in a byte at a time, Retry-After: 86400, null content, a choice
     without a message, cut-off solutions, one prompt that always gets 500, and a 6-second
-    outage mid-run. With timeout_s=1, max_retries=2, max_backoff_s=1 the run must end by
+    outage mid-run (at most 12 connections).
+    With timeout_s=1, max_retries=2, max_backoff_s=1 the run must end by
     itself, in a time those three bound, every row accounted for; a healthy rerun then sends
     only what is missing, keeps no cut-off solution, and a third run sends nothing."""
     with FakeOpenAI(responder=pipeline_reply, fault_rate=0.35, faults=SICK, fault_seed=7, retry_after=86400, trickle_s=0.4) as srv:
@@ -236,7 +237,7 @@ def test_a_sick_endpoint_run_ends_by_itself_and_a_healthy_rerun_completes_it(tmp
         deadline = time.monotonic() + 120  # the outage starts once the run is sending, however slow the machine
         while srv.total_requests < 5 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        srv.outage(6)
+        srv.outage(6, resets=12)  # 6 s or 12 connections: mid-run on a machine that finishes the run in 6 s
         try:
             out, _ = proc.communicate(timeout=240)  # a hang fails here instead of never ending
         except subprocess.TimeoutExpired:
