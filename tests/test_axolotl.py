@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -81,49 +80,21 @@ def _ctx(plan, name, inputs, run_dir: Path) -> StageContext:
     return StageContext(stage=plan.stage(name), inputs=inputs, out_dir=run_dir / name)
 
 
-def test_a_killed_sft_resumes_from_its_last_checkpoint_then_kto_trains_on_it(tmp_path, embedded_model_dir):
-    """Checkpoints come every `checkpoint_every_steps` steps: SFT killed (SIGKILL, as an OOM
-    killer or a lost node would) after its step-2 checkpoint resumes there, not from step 0;
-    KTO then trains from the SFT model (one SFT run serves both checks: CI time)."""
-    import signal
-    import threading
-    import time
-
-    from orca_recipe.errors import UserError
-
+def test_sft_then_kto_trains_on_the_sft_model(tmp_path, embedded_model_dir):
+    """SFT saves a checkpoint every `checkpoint_every_steps` steps and removes them once its model
+    is saved; KTO then trains from the SFT model. (A run killed mid-training and resumed from its
+    last checkpoint is tests/test_tiny_e2e.py's, through the CLI: one kill there, not two, for CI
+    time.)"""
     plan = compile_file(REPO / "recipes" / "tiny.yaml", ["training.sft.axolotl.max_steps=4", "training.checkpoint_every_steps=2",
                                                          "training.preference.axolotl.max_steps=2", "preferences.kind=kto"], run_dir=tmp_path)
     assert plan.stage("sft").trainer_config["save_steps"] == 2
     solved = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
                "solution": f"{i} + 2 = {i + 2}\n#### {i + 2}", "final_answer": str(i + 2)} for i in range(8)]
     output = tmp_path / "sft" / "output"
-    killed: list[int] = []
-
-    def kill_after_first_checkpoint() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not (output / "checkpoint-2" / "trainer_state.json").is_file():
-            time.sleep(0.2)
-        time.sleep(1.0)  # let the checkpoint's last file land
-        import subprocess
-
-        pids = subprocess.run(["pgrep", "-f", str(tmp_path / "sft" / "axolotl.yaml")], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
-            killed.append(int(pid))
-
-    killer = threading.Thread(target=kill_after_first_checkpoint)
-    killer.start()
-    with pytest.raises(UserError, match="axolotl train failed"):
-        asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
-    killer.join()
-    assert killed and (output / "checkpoint-2").is_dir() and not is_model_folder(tmp_path / "sft" / "output" / "checkpoint-4")
-    again = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
-    assert again.report["resumed_from"] == str(output / "checkpoint-2")
-    assert again.report["steps"] == 4 and is_model_folder(output)
-    log = (tmp_path / "sft" / "train.log").read_text()
-    assert "checkpoint-2" in log.split("$ ")[-1]  # the second launch loaded the checkpoint
-    assert "Training completed" in log
-    assert again.report["resume_checkpoints_removed_bytes"] > 0 and not list(output.glob("checkpoint-*"))
+    sft = asyncio.run(train.run(_ctx(plan, "sft", {"filter": solved}, tmp_path)))
+    assert sft.report["steps"] == 4 and sft.report["resumed_from"] is None and is_model_folder(output)
+    assert "Training completed" in (tmp_path / "sft" / "train.log").read_text()
+    assert sft.report["resume_checkpoints_removed_bytes"] > 0 and not list(output.glob("checkpoint-*"))
 
     judged = [{"id": f"p{i}#s{k}", "problem_id": f"p{i}", "question": solved[i]["question"],
                "response": f"#### {i + 2 + k}", "correct": k == 0} for i in range(4) for k in range(2)]
