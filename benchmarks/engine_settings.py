@@ -6,7 +6,9 @@ Each configuration runs raw vLLM `LLM.generate` in a fresh process (engine setti
 environment variables read at start-up) on the same work: the first `--prompts` GSM8K train
 problems in prompts/student.j2 through the model's chat template, greedy, `max_tokens`
 tokens each with `ignore_eos` (every sequence yields exactly that many tokens, so the figure
-does not depend on what the model says). Timed: `generate()` only, after a warm-up call.
+does not depend on what the model says). Timed: `generate()` only, after a warm-up call; and, apart, the prompts' prefill alone (one
+output token each), so that decoding's own rate (output tokens past the first, over the time
+past the prefill) is printed beside the figure that includes the prefill.
 Prints the CPU model and flags, the roofs (a 1024^3 GEMM; and one decode step's own matmuls at
 `--prompts` rows), then output tok/s per configuration with its share of the roof and how many
 cores each process of the engine kept busy while decoding (front end vs engine core). With
@@ -51,6 +53,10 @@ CONFIGS: dict[str, dict] = {
                             "engine": {"enable_prefix_caching": True}},
     "fp32-nobind2-len512": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"},
                             "engine": {"max_model_len": 512}},
+    # how idle OpenMP threads wait between parallel regions (libgomp): spinning keeps a core the
+    # scheduler and front end need; sleeping costs a wake-up per region
+    "fp32-nobind2-passive": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}},
+    "fp32-nobind2-active": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}},
     "fp32-nobind2-seqs128": {"dtype": "float32", "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"},
                              "engine": {"max_num_seqs": 128}},
 }
@@ -165,12 +171,19 @@ def cpu_by_process():
             out[f"{cpu[pid][0]}[{pid}]"] = cpu[pid][1]
             todo.extend(children.get(pid, []))
     return out
+# the prompts' prefill alone (one output token each), so decoding can be timed apart from it;
+# the prefix cache is emptied after, or the timed call would find these prompts in it
+t = time.perf_counter()
+llm.generate(texts, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True), use_tqdm=False)
+prefill = time.perf_counter() - t
+llm.reset_prefix_cache()
 before = cpu_by_process()
 t = time.perf_counter()
 outs = llm.generate(texts, sp, use_tqdm=False)
 seconds = time.perf_counter() - t
 after = cpu_by_process()
 tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
 cpu = {k: after[k] - before.get(k, 0.0) for k in after}
 if cfg.get("profile_dir"):  # after the timed call, so the figure above carries no profiler overhead
     t = time.perf_counter()
@@ -178,7 +191,8 @@ if cfg.get("profile_dir"):  # after the timed call, so the figure above carries 
     llm.generate(texts, SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True), use_tqdm=False)
     llm.stop_profile()
     print("PROFILED " + json.dumps({"seconds": time.perf_counter() - t}), flush=True)
-print("RESULT " + json.dumps({"seconds": seconds, "tokens": tokens, "startup": startup, "cpu": cpu}), flush=True)
+print("RESULT " + json.dumps({"seconds": seconds, "tokens": tokens, "startup": startup, "cpu": cpu, "prefill_s": prefill,
+                              "prompt_tokens": prompt_tokens, "sequences": len(outs)}), flush=True)
 '''
 
 
@@ -304,6 +318,14 @@ def main() -> None:
             share = f"; {tok_s * flop / 1e9 / roof[dtype]:.0%} of the {dtype} roof" if roof.get(dtype) else ""
             print(f"{name:22s} {tok_s:7.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; start-up {r['startup']:.0f} s{share})", flush=True)
             busy = {k: v / r["seconds"] for k, v in r.get("cpu", {}).items() if v / r["seconds"] >= 0.01}
+            if r.get("prefill_s") and r["seconds"] > r["prefill_s"]:
+                # the timed call prefills every prompt before it decodes: its tok/s counts only output
+                # tokens, so the prompts' matmuls (as many tokens as the output, or more) are hidden in it
+                decode_tok_s = (r["tokens"] - r["sequences"]) / (r["seconds"] - r["prefill_s"])
+                dshare = f" = {decode_tok_s * flop / 1e9 / roof[dtype]:.0%} of the {dtype} roof" if roof.get(dtype) else ""
+                pshare = f" = {r['prompt_tokens'] * flop / r['prefill_s'] / 1e9 / roof[dtype]:.0%} of the roof" if roof.get(dtype) else ""
+                print(" " * 24 + f"prefill alone: {r['prompt_tokens']} prompt tokens in {r['prefill_s']:.1f} s"
+                      f" ({r['prompt_tokens'] / r['prefill_s']:.0f} tok/s{pshare}); decoding alone: {decode_tok_s:.1f} tok/s{dshare}", flush=True)
             print(" " * 24 + "cores busy while decoding: " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items()), flush=True)
             if args.profile:
                 print_profile(args.profile / name)
