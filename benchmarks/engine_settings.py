@@ -186,11 +186,10 @@ tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
 prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
 cpu = {k: after[k] - before.get(k, 0.0) for k in after}
 if cfg.get("profile_dir"):  # after the timed call, so the figure above carries no profiler overhead
-    t = time.perf_counter()
-    llm.start_profile(delay_iterations=4, max_iterations=32)  # past the prefill: decode steps only
-    llm.generate(texts, SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True), use_tqdm=False)
+    steps = cfg["profile_steps"]
+    llm.start_profile(delay_iterations=4, max_iterations=steps)  # past the prefill: decode steps only
+    llm.generate(texts, SamplingParams(temperature=0.0, max_tokens=steps + 8, ignore_eos=True), use_tqdm=False)
     llm.stop_profile()
-    print("PROFILED " + json.dumps({"seconds": time.perf_counter() - t}), flush=True)
 print("RESULT " + json.dumps({"seconds": seconds, "tokens": tokens, "startup": startup, "cpu": cpu, "prefill_s": prefill,
                               "prompt_tokens": prompt_tokens, "sequences": len(outs)}), flush=True)
 '''
@@ -206,6 +205,7 @@ OPERATOR_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sampling and logits", ("sort", "topk", "softmax", "argmax", "sample", "gather", "logit", "exponential", "multinomial")),
 )
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+PROFILE_STEPS = 32  # decode steps the profiler records, past the prefill
 
 
 def seconds_of(text: str) -> float:
@@ -226,8 +226,9 @@ def operator_table(text: str) -> tuple[dict[str, float], float]:
             continue
         cells = [c for c in line.strip().split("  ") if c.strip()]
         if len(cells) >= 7 and cells[1].strip().endswith("%"):
+            name = cells[0].strip()
             try:
-                rows[cells[0].strip()] = rows.get(cells[0].strip(), 0.0) + seconds_of(cells[2].strip())
+                rows[name] = rows.get(name, 0.0) + seconds_of(cells[2].strip())
             except ValueError:
                 continue
     return rows, total
@@ -239,6 +240,11 @@ def operator_groups(rows: dict[str, float]) -> dict[str, float]:
         group = next((g for g, keys in OPERATOR_GROUPS if any(k in name.lower() for k in keys)), "other operators")
         out[group] = out.get(group, 0.0) + sec
     return out
+
+
+def roof_share(tok_s: float, flop: float, roof: dict[str, float], dtype: str, sep: str) -> str:
+    """`sep` + "27% of the float32 roof" for a rate of tokens a second, or "" where the roof is unknown."""
+    return f"{sep}{tok_s * flop / 1e9 / roof[dtype]:.0%} of the {dtype} roof" if roof.get(dtype) else ""
 
 
 def prompts(n: int) -> list[str]:
@@ -257,19 +263,16 @@ def run_config(name: str, model: str, texts: list[str], max_tokens: int, profile
     cfg = CONFIGS[name]
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", TQDM_DISABLE="1", **cfg["env"])
     payload = json.dumps({"model": model, "prompts": texts, "max_tokens": max_tokens, "dtype": cfg["dtype"], "engine": cfg.get("engine", {}),
-                          "profile_dir": str(profile_dir / name) if profile_dir else None})
+                          "profile_dir": str(profile_dir / name) if profile_dir else None, "profile_steps": PROFILE_STEPS})
     proc = subprocess.run([PYTHON, "-c", CHILD, payload], env=env, capture_output=True, text=True, timeout=1800)
-    result: dict = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            result.update(json.loads(line[7:]))
-        elif line.startswith("PROFILED "):
-            result["profiled"] = json.loads(line[9:])
-    return result or {"error": (proc.stderr or proc.stdout)[-800:]}
+            return json.loads(line[7:])
+    return {"error": (proc.stderr or proc.stdout)[-800:]}
 
 
 def print_profile(profile_dir: Path) -> None:
-    """The worker's operators over 32 decode steps, grouped, as shares of their self-CPU total."""
+    """The worker's operators over PROFILE_STEPS decode steps, grouped, as shares of their self-CPU total."""
     tables = sorted(profile_dir.glob("*.profiler_out.txt"))
     if not tables:
         print(" " * 24 + f"no profiler table under {profile_dir}")
@@ -277,7 +280,7 @@ def print_profile(profile_dir: Path) -> None:
     rows, total = operator_table(tables[0].read_text())
     groups = operator_groups(rows)
     total = total or sum(groups.values())
-    print(" " * 24 + f"worker operators over 32 decode steps (torch profiler, self CPU {total:.2f} s; {tables[0].name}):")
+    print(" " * 24 + f"worker operators over {PROFILE_STEPS} decode steps (torch profiler, self CPU {total:.2f} s; {tables[0].name}):")
     for group, sec in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(" " * 26 + f"{group:34s} {sec:7.3f} s  {sec / total:5.1%}")
     top = sorted(rows.items(), key=lambda kv: -kv[1])[:8]
@@ -290,7 +293,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                    help="also profile 32 decode steps per configuration with vLLM's torch profiler (traces under DIR)")
+                    help=f"also profile {PROFILE_STEPS} decode steps per configuration with vLLM's torch profiler (traces under DIR)")
     args = ap.parse_args()
     from orca_recipe.llm.embedded import ensure_embedded_model
 
@@ -315,17 +318,18 @@ def main() -> None:
         else:
             tok_s = r["tokens"] / r["seconds"]
             dtype = CONFIGS[name]["dtype"]
-            share = f"; {tok_s * flop / 1e9 / roof[dtype]:.0%} of the {dtype} roof" if roof.get(dtype) else ""
+            share = roof_share(tok_s, flop, roof, dtype, "; ")
             print(f"{name:22s} {tok_s:7.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s; start-up {r['startup']:.0f} s{share})", flush=True)
             busy = {k: v / r["seconds"] for k, v in r.get("cpu", {}).items() if v / r["seconds"] >= 0.01}
             if r.get("prefill_s") and r["seconds"] > r["prefill_s"]:
                 # the timed call prefills every prompt before it decodes: its tok/s counts only output
                 # tokens, so the prompts' matmuls (as many tokens as the output, or more) are hidden in it
                 decode_tok_s = (r["tokens"] - r["sequences"]) / (r["seconds"] - r["prefill_s"])
-                dshare = f" = {decode_tok_s * flop / 1e9 / roof[dtype]:.0%} of the {dtype} roof" if roof.get(dtype) else ""
-                pshare = f" = {r['prompt_tokens'] * flop / r['prefill_s'] / 1e9 / roof[dtype]:.0%} of the roof" if roof.get(dtype) else ""
+                prefill_tok_s = r["prompt_tokens"] / r["prefill_s"]
                 print(" " * 24 + f"prefill alone: {r['prompt_tokens']} prompt tokens in {r['prefill_s']:.1f} s"
-                      f" ({r['prompt_tokens'] / r['prefill_s']:.0f} tok/s{pshare}); decoding alone: {decode_tok_s:.1f} tok/s{dshare}", flush=True)
+                      f" ({prefill_tok_s:.0f} tok/s{roof_share(prefill_tok_s, flop, roof, dtype, ' = ')}); decoding alone: {decode_tok_s:.1f} tok/s"
+                      f"{roof_share(decode_tok_s, flop, roof, dtype, ' = ')}",
+                      flush=True)
             print(" " * 24 + "cores busy while decoding: " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items()), flush=True)
             if args.profile:
                 print_profile(args.profile / name)
